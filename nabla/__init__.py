@@ -1,0 +1,1 @@
+"""∇-GFlowNet reproduction: diffusion alignment with residual ∇-DB and its baselines."""

@@ -1,0 +1,3 @@
+from nabla.cli import main
+
+main()

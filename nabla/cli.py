@@ -1,0 +1,154 @@
+"""`python -m nabla <command>`: every step of the workflow, runnable without Snakemake."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+DEFAULT_DATA_CACHE = "runs/data/openmoji32.npz"
+
+
+def _set_threads(threads: int | None) -> None:
+    """One torch thread per core given: oversubscribed CPUs ran 5–14× slower here."""
+    import torch
+
+    n = threads or int(os.environ.get("NABLA_THREADS", "0")) or torch.get_num_threads()
+    torch.set_num_threads(n)
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+
+
+def _load_overrides(path: str | None) -> dict:
+    if not path:
+        return {}
+    import yaml
+
+    text = Path(path).read_text()
+    return (yaml.safe_load(text) if path.endswith((".yaml", ".yml")) else json.loads(text)) or {}
+
+
+def _dataclass_from(cls, overrides: dict):
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise SystemExit(f"error: unknown {cls.__name__} key(s): {', '.join(unknown)}")
+    # YAML gives lists where the dataclass holds tuples (channel widths, words).
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    return cls(**values)
+
+
+# -- commands -----------------------------------------------------------------------------------
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    _set_threads(args.threads)
+    overrides = _load_overrides(args.config)
+    for key in ("seed", "vae_steps", "unet_steps", "steps"):
+        if getattr(args, key, None) is not None:
+            overrides[key] = getattr(args, key)
+    if args.scale == "tiny":
+        from nabla.models.tiny import TinyPriorConfig, pretrain_tiny_prior
+
+        overrides.pop("steps", None)
+        cfg = _dataclass_from(TinyPriorConfig, overrides)
+        out = pretrain_tiny_prior(cfg, args.out, args.data_cache, progress=not args.no_progress)
+    else:
+        from nabla.models.toy2d import Toy2dPretrainConfig, pretrain_and_save_toy2d
+
+        for key in ("vae_steps", "unet_steps"):
+            overrides.pop(key, None)
+        cfg = _dataclass_from(Toy2dPretrainConfig, overrides)
+        out = pretrain_and_save_toy2d(cfg, args.out)
+    print(f"saved {args.scale} prior to {out}")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    _set_threads(args.threads)
+    import torch
+
+    from nabla.models.sd import SDBackend
+    from nabla.report.grids import save_grid
+    from nabla.sampling import sample_images
+
+    torch.manual_seed(0)
+    backend = SDBackend.from_pretrained(args.model)
+    if args.lora:
+        backend.add_lora(rank=args.lora_rank)
+        backend.load_lora(args.lora)
+    labels = args.prompts
+    if not args.prompts:
+        from nabla.data.prompts import EVAL_PROMPTS, FINETUNE_PROMPTS
+
+        args.prompts = list(FINETUNE_PROMPTS) + list(EVAL_PROMPTS)
+        labels = [f"{p} (fine-tune)" for p in FINETUNE_PROMPTS] + [f"{p} (held out)" for p in EVAL_PROMPTS]
+    prompts = [p for p in args.prompts for _ in args.seeds]
+    seeds = [s for _ in args.prompts for s in args.seeds]
+    images = sample_images(
+        backend, prompts, seeds, num_steps=args.steps, eta=args.eta, guidance_scale=args.guidance
+    )
+    footer = f"DDIM {args.steps} steps, eta={args.eta}, CFG {args.guidance}; seeds {args.seeds[0]}..{args.seeds[-1]}"
+    if args.credit:
+        footer += "; trained on OpenMoji (CC BY-SA 4.0)"
+    path = save_grid(images, labels, args.out, footer=footer)
+    print(f"wrote {path} ({len(args.prompts)} prompts x {len(args.seeds)} seeds)")
+
+
+def cmd_prompts(args: argparse.Namespace) -> None:
+    from nabla.data import openmoji, prompts
+
+    dataset = openmoji.load_openmoji(args.data_cache)
+    train, heldout = openmoji.split(dataset)
+    for name, words in (("finetune", prompts.FINETUNE_PROMPTS), ("eval", prompts.EVAL_PROMPTS), ("pretrain", prompts.TRAIN_WORDS)):
+        covered = prompts.prompt_coverage(words, train.captions)
+        print(f"{name:9s} " + ", ".join(f"{w}: {n}" for w, n in covered.items()))
+    subset = openmoji.tiny_subset(train, prompts.TRAIN_WORDS)
+    print(f"tiny training subset: {len(subset.captions)} of {len(train.captions)} training images "
+          f"({len(heldout.captions)} held out)")
+
+
+# -- parser -------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m nabla", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("pretrain", help="pretrain a prior (tiny SD-shaped model on OpenMoji, or the 2-D toy)")
+    p.add_argument("--scale", choices=["tiny", "toy2d"], default="tiny")
+    p.add_argument("--out", required=True, help="output folder (diffusers format for tiny)")
+    p.add_argument("--config", help="YAML/JSON file of config overrides (keys of the scale's config dataclass)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--vae-steps", type=int, help="tiny: VAE optimisation steps")
+    p.add_argument("--unet-steps", type=int, help="tiny: UNet + text encoder optimisation steps")
+    p.add_argument("--steps", type=int, help="toy2d: denoiser optimisation steps")
+    p.add_argument("--data-cache", default=DEFAULT_DATA_CACHE, help="OpenMoji render cache (.npz), made if absent")
+    p.add_argument("--threads", type=int, help="torch threads (default: $NABLA_THREADS or all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = commands.add_parser("sample", help="write a grid PNG of samples: one row per prompt, one column per seed")
+    p.add_argument("--model", required=True, help="diffusers folder or a model id in the local HF cache")
+    p.add_argument("--prompts", nargs="+", help="default: the tiny scale's fine-tuning and held-out prompts")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(range(8)))
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--eta", type=float, default=1.0)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--lora", help="folder holding pytorch_lora_weights.safetensors to apply")
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--credit", action="store_true", help="add the OpenMoji licence credit under the grid")
+    p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_sample)
+
+    p = commands.add_parser("prompts", help="print how many OpenMoji training images each tiny prompt covers")
+    p.add_argument("--data-cache", default=DEFAULT_DATA_CACHE)
+    p.set_defaults(func=cmd_prompts)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,1 @@
+"""Model backends behind one interface (nabla.models.base.DiffusionBackend)."""

@@ -1,0 +1,180 @@
+"""The Stable-Diffusion backend: any SD-shaped pipeline (the tiny prior or SD 1.5) plus LoRA.
+
+Models load only from a local folder or the local Hugging Face cache (`local_files_only=True`);
+nothing here downloads. The LoRA adapter sits on the UNet's attention projections
+(to_q, to_k, to_v, to_out.0) through peft, and is saved in diffusers' LoRA format
+(`pytorch_lora_weights.safetensors`), so `StableDiffusionPipeline.load_lora_weights(dir)` reads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers.utils import convert_state_dict_to_diffusers, convert_unet_state_dict_to_peft
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file
+
+from nabla.models.base import DiffusionBackend
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model is neither a local folder nor in the local Hugging Face cache."""
+
+
+def fetch_hint(model_id: str) -> str:
+    return (
+        f"model '{model_id}' is not a local folder and is not in the local Hugging Face cache "
+        f"(HF_HOME={_hf_home()}). Nothing is downloaded at run time. Fetch it on a machine with "
+        f"internet:  hf download {model_id}   (or: python -c \"from huggingface_hub import "
+        f"snapshot_download; snapshot_download('{model_id}')\"), then copy the cache here."
+    )
+
+
+def _hf_home() -> str:
+    from huggingface_hub import constants
+
+    return constants.HF_HOME
+
+
+def load_pipeline(model: str | Path, dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
+    """Load an SD-shaped pipeline from a folder or the local hub cache, never from the network."""
+    kwargs = dict(
+        dtype=dtype,
+        local_files_only=True,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    if Path(model).is_dir():
+        return StableDiffusionPipeline.from_pretrained(str(model), **kwargs)
+    if Path(model).exists() or str(model).startswith((".", "/")):
+        raise ModelNotFoundError(f"'{model}' is not a diffusers model folder")
+    try:
+        return StableDiffusionPipeline.from_pretrained(str(model), **kwargs)
+    except (OSError, ValueError) as error:  # hub cache miss surfaces as OSError/EnvironmentError
+        raise ModelNotFoundError(fetch_hint(str(model))) from error
+
+
+class SDBackend(DiffusionBackend):
+    """Wraps a StableDiffusionPipeline: frozen VAE, text encoder and UNet, plus a UNet LoRA."""
+
+    def __init__(self, pipeline: StableDiffusionPipeline):
+        self.pipeline = pipeline
+        self.unet, self.vae = pipeline.unet, pipeline.vae
+        self.text_encoder, self.tokenizer = pipeline.text_encoder, pipeline.tokenizer
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.requires_grad_(False)
+            module.eval()
+        # DDIM with SD's offsets whatever scheduler the folder ships (the math assumes DDIM).
+        self.scheduler = DDIMScheduler.from_config(
+            pipeline.scheduler.config, steps_offset=1, set_alpha_to_one=False, clip_sample=False
+        )
+        size = self.unet.config.sample_size
+        self.sample_shape = (self.unet.config.in_channels, size, size)
+        self._prompt_cache: dict[str, torch.Tensor] = {}
+        self._adapter_enabled = False
+        self._has_lora = False
+
+    @classmethod
+    def from_pretrained(cls, model: str | Path, dtype: torch.dtype = torch.float32) -> "SDBackend":
+        return cls(load_pipeline(model, dtype))
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    def to(self, device: torch.device | str) -> "SDBackend":
+        self.pipeline.to(device)
+        self._prompt_cache.clear()
+        return self
+
+    # -- conditioning -------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        # The text encoder is frozen: cache one embedding per distinct prompt.
+        missing = sorted({p for p in prompts if p not in self._prompt_cache})
+        if missing:
+            ids = self.tokenizer(
+                missing,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(self.device)
+            for prompt, embedding in zip(missing, self.text_encoder(ids)[0]):
+                self._prompt_cache[prompt] = embedding
+        return torch.stack([self._prompt_cache[p] for p in prompts])
+
+    # -- denoiser -----------------------------------------------------------------------------
+    def model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        t = t.expand(x_t.shape[0]) if t.ndim == 0 else t
+        dtype = self.unet.dtype
+        out = self.unet(x_t.to(dtype), t, encoder_hidden_states=cond.to(dtype)).sample
+        return out.to(x_t.dtype)
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        latents = (x0 / self.vae.config.scaling_factor).to(self.vae.dtype)
+        images = self.vae.decode(latents).sample.to(x0.dtype)
+        return (images / 2 + 0.5).clamp(0, 1)
+
+    # -- adapter ------------------------------------------------------------------------------
+    def add_lora(self, rank: int, alpha: float | None = None, seed: int = 0) -> None:
+        if self._has_lora:
+            raise RuntimeError("a LoRA adapter is already attached")
+        config = LoraConfig(
+            r=rank,
+            lora_alpha=alpha if alpha is not None else rank,
+            init_lora_weights="gaussian",
+            target_modules=LORA_TARGETS,
+        )
+        # The A matrices are random: seed them so a run's initial adapter is reproducible.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.unet.add_adapter(config)
+        # LoRA weights train in float32 even when the frozen UNet is in half precision.
+        for p in self.lora_parameters():
+            p.data = p.data.float()
+        self._has_lora = True
+        self._adapter_enabled = True
+
+    def lora_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for n, p in self.unet.named_parameters() if "lora_" in n]
+
+    @property
+    def adapter_enabled(self) -> bool:
+        return self._adapter_enabled
+
+    def set_adapter_enabled(self, enabled: bool) -> None:
+        if not self._has_lora:
+            if enabled:
+                raise RuntimeError("no LoRA adapter attached: call add_lora first")
+            return
+        if enabled:
+            self.unet.enable_adapters()
+        else:
+            self.unet.disable_adapters()
+        self._adapter_enabled = enabled
+
+    def save_lora(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        state = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet))
+        StableDiffusionPipeline.save_lora_weights(
+            directory, unet_lora_layers=state, safe_serialization=True
+        )
+        return directory / LORA_FILE
+
+    def load_lora(self, directory: str | Path) -> None:
+        if not self._has_lora:
+            raise RuntimeError("attach an adapter of the saved rank with add_lora before loading")
+        state = load_file(str(Path(directory) / LORA_FILE))
+        state = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
+        result = set_peft_model_state_dict(self.unet, convert_unet_state_dict_to_peft(state))
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"LoRA file has keys the adapter lacks: {result.unexpected_keys[:3]}")

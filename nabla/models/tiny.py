@@ -1,0 +1,314 @@
+"""The tiny Stable-Diffusion-shaped prior, pretrained by the workflow on OpenMoji at 32×32, on CPU.
+
+It is a real `StableDiffusionPipeline` (AutoencoderKL, CLIPTextModel + CLIPTokenizer,
+UNet2DConditionModel, DDIM scheduler) saved in diffusers format, so every method runs through the
+same SD code path as at the paper's scale. Pretraining has two stages:
+
+1. the VAE (32×32 RGB → 4×16×16 latents), reconstruction + a small KL term; the latent scaling
+   factor is then set from the latents' standard deviation, as SD does;
+2. the UNet with the text encoder trained jointly (ε-prediction, min-SNR-γ weighting, EMA), on
+   captions with word dropout so that short prompts ("cat", "heart") stand for every emoji whose
+   caption contains them, and prompt dropout so that classifier-free guidance works.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from tqdm.auto import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from nabla.data import openmoji, prompts
+from nabla.models.tokenizer import caption_words, write_word_tokenizer
+
+
+@dataclass
+class TinyPriorConfig:
+    """Everything that defines a tiny prior; saved beside it as pretrain_config.json."""
+
+    seed: int = 0
+    image_size: int = 32
+    words: tuple[str, ...] = prompts.TRAIN_WORDS
+    heldout_fraction: float = 0.1
+    # VAE
+    vae_channels: tuple[int, ...] = (32, 64)
+    vae_steps: int = 700
+    vae_batch_size: int = 32
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    # text encoder
+    text_hidden: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    max_prompt_tokens: int = 16
+    # UNet
+    unet_channels: tuple[int, ...] = (32, 64, 64)
+    unet_layers_per_block: int = 1
+    unet_steps: int = 2000
+    unet_batch_size: int = 64
+    unet_lr: float = 1e-3
+    warmup_steps: int = 100
+    min_snr_gamma: float = 5.0
+    ema_decay: float = 0.999
+    prompt_dropout: float = 0.1
+    word_keep_prob: float = 0.5
+    beta_schedule: str = "squaredcos_cap_v2"
+    num_train_timesteps: int = 1000
+    log_every: int = 25
+
+
+# -- model builders -----------------------------------------------------------------------------
+def build_vae(cfg: TinyPriorConfig) -> AutoencoderKL:
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=cfg.vae_channels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=min(32, cfg.vae_channels[0]),
+        sample_size=cfg.image_size,
+    )
+
+
+def build_text_encoder(cfg: TinyPriorConfig, tokenizer) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.text_hidden,
+        intermediate_size=4 * cfg.text_hidden,
+        num_hidden_layers=cfg.text_layers,
+        num_attention_heads=cfg.text_heads,
+        max_position_embeddings=cfg.max_prompt_tokens,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config)
+
+
+def build_unet(cfg: TinyPriorConfig, latent_size: int) -> UNet2DConditionModel:
+    n = len(cfg.unet_channels)
+    return UNet2DConditionModel(
+        sample_size=latent_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=cfg.unet_channels,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        layers_per_block=cfg.unet_layers_per_block,
+        cross_attention_dim=cfg.text_hidden,
+        attention_head_dim=8,
+        norm_num_groups=min(32, cfg.unet_channels[0]),
+    )
+
+
+def ddim_scheduler(cfg: TinyPriorConfig) -> DDIMScheduler:
+    return DDIMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+
+
+# -- data ---------------------------------------------------------------------------------------
+def training_set(cfg: TinyPriorConfig, cache: Path) -> openmoji.OpenMojiSet:
+    """The training split restricted to emoji whose caption holds one of the prompt words."""
+    dataset = openmoji.load_openmoji(cache, size=cfg.image_size)
+    train, _ = openmoji.split(dataset, heldout_fraction=cfg.heldout_fraction, seed=cfg.seed)
+    return openmoji.tiny_subset(train, cfg.words)
+
+
+def word_balanced_weights(captions: list[str], words: tuple[str, ...]) -> torch.Tensor:
+    """Sampling weight per image so that every prompt word is drawn equally often.
+
+    Without it "flag" (~60% of the subset) would crowd out the words with a dozen images.
+    An image under several words takes the weight of its rarest one.
+    """
+    coverage = prompts.prompt_coverage(words, captions)
+    weights = [
+        max(1.0 / coverage[w] for w in words if prompts.has_word(caption, w)) for caption in captions
+    ]
+    return torch.tensor(weights, dtype=torch.float64)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 N×H×W×3 → float N×3×H×W in [-1, 1] (the VAE's range)."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+# -- training -----------------------------------------------------------------------------------
+def _lr_lambda(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class _Log:
+    """Losses to CSV, one row per logged step, flushed so a crash loses nothing."""
+
+    def __init__(self, path: Path):
+        self.file = path.open("w", newline="")
+        self.writer = csv.writer(self.file)
+        self.writer.writerow(["stage", "step", "loss", "seconds"])
+        self.start = time.perf_counter()
+
+    def write(self, stage: str, step: int, loss: float) -> None:
+        self.writer.writerow([stage, step, f"{loss:.6g}", f"{time.perf_counter() - self.start:.2f}"])
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def train_vae(
+    cfg: TinyPriorConfig, images: torch.Tensor, weights: torch.Tensor, log: _Log, progress: bool = True
+) -> AutoencoderKL:
+    generator = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    vae = build_vae(cfg)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(50, cfg.vae_steps))
+    bar = tqdm(range(cfg.vae_steps), desc="VAE", disable=not progress)
+    for step in bar:
+        batch = images[torch.multinomial(weights, cfg.vae_batch_size, replacement=True, generator=generator)]
+        posterior = vae.encode(batch).latent_dist
+        recon = vae.decode(posterior.sample(generator)).sample
+        loss = F.mse_loss(recon, batch) + cfg.vae_kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % cfg.log_every == 0 or step == cfg.vae_steps - 1:
+            log.write("vae", step, loss.item())
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    vae.eval().requires_grad_(False)
+    return vae
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256):
+    """Posterior mean and std of every image (sampled from afresh at each UNet step)."""
+    means, stds = [], []
+    for chunk in images.split(batch_size):
+        dist = vae.encode(chunk).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def min_snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """min(SNR, γ)/SNR: the ε-prediction loss weight of Hang et al. (2023)."""
+    snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+    return snr.clamp(max=gamma) / snr
+
+
+def train_unet(
+    cfg: TinyPriorConfig,
+    latent_mean: torch.Tensor,
+    latent_std: torch.Tensor,
+    captions: list[str],
+    weights: torch.Tensor,
+    tokenizer,
+    log: _Log,
+    progress: bool = True,
+) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+    torch.manual_seed(cfg.seed + 1)
+    rng = np.random.default_rng(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    unet = build_unet(cfg, latent_mean.shape[-1])
+    text_encoder = build_text_encoder(cfg, tokenizer)
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.warmup_steps, cfg.unet_steps))
+    scheduler = ddim_scheduler(cfg)
+    alphas_cumprod = scheduler.alphas_cumprod
+    word_set = set(cfg.words)
+
+    bar = tqdm(range(cfg.unet_steps), desc="UNet", disable=not progress)
+    for step in bar:
+        index = torch.multinomial(weights, cfg.unet_batch_size, replacement=True, generator=generator)
+        x0 = latent_mean[index] + latent_std[index] * torch.randn(latent_mean[index].shape, generator=generator)
+        texts = [
+            "" if rng.random() < cfg.prompt_dropout
+            else openmoji.word_dropout(captions[i], rng, keep_prob=cfg.word_keep_prob, prompt_words=word_set)
+            for i in index.tolist()
+        ]
+        ids = tokenizer(
+            texts, padding="max_length", max_length=cfg.max_prompt_tokens, truncation=True, return_tensors="pt"
+        ).input_ids
+        t = torch.randint(cfg.num_train_timesteps, (cfg.unet_batch_size,), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        eps = unet(x_t, t, encoder_hidden_states=text_encoder(ids)[0]).sample
+        per_sample = (eps - noise).pow(2).mean(dim=(1, 2, 3))
+        loss = (min_snr_weight(alphas_cumprod, t, cfg.min_snr_gamma) * per_sample).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        # EMA warms up (decay grows from 0) so early steps are not averaged with the random init.
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
+        if step % cfg.log_every == 0 or step == cfg.unet_steps - 1:
+            log.write("unet", step, loss.item())
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    return ema_unet.eval(), ema_text.eval()
+
+
+def pretrain_tiny_prior(cfg: TinyPriorConfig, out: str | Path, data_cache: str | Path, progress: bool = True) -> Path:
+    """Pretrain the tiny prior and save it as a diffusers folder at `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pretrain_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    data = training_set(cfg, Path(data_cache))
+    images = to_tensor(data.images)
+    weights = word_balanced_weights(data.captions, cfg.words)
+    tokenizer = write_word_tokenizer(caption_words(data.captions), out / "tokenizer", cfg.max_prompt_tokens)
+    log = _Log(out / "pretrain_log.csv")
+    try:
+        vae = train_vae(cfg, images, weights, log, progress)
+        mean, std = encode_latents(vae, images)
+        # SD scales latents to unit variance; measure it rather than reuse SD's 0.18215.
+        scaling = float(1.0 / mean.std())
+        vae.register_to_config(scaling_factor=scaling)
+        unet, text_encoder = train_unet(
+            cfg, mean * scaling, std * scaling, data.captions, weights, tokenizer, log, progress
+        )
+    finally:
+        log.close()
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=ddim_scheduler(cfg),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(out, safe_serialization=True)
+    return out

@@ -1,0 +1,1 @@
+"""Tables and figures: sample grids now; tables and plots from aggregated CSVs as the workflow grows."""

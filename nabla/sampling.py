@@ -1,0 +1,101 @@
+"""Trajectory rollout: DDIM with η and classifier-free guidance over any DiffusionBackend.
+
+Noise is drawn per sample from a generator seeded by that sample's seed, so a given seed gives
+the same initial noise and the same step noise whatever the batch it sits in — which is what lets
+the evaluation compare a fine-tuned model with its prior image by image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from nabla import diffusion
+from nabla.models.base import DiffusionBackend
+
+
+@dataclass
+class Trajectory:
+    """What training needs from a rollout, for B samples and T transitions."""
+
+    latents: torch.Tensor  # (T+1, B, ...): x_T, ..., x_0
+    timesteps: torch.Tensor  # (T,) t of each transition x_t → x_prev
+    prev_timesteps: torch.Tensor  # (T,) t_prev (negative on the last transition)
+    model_outputs: torch.Tensor  # (T, B, ...): guided model output at sampling time
+    log_probs: torch.Tensor  # (T, B): log P_F(x_prev | x_t), mean over dimensions (η > 0 only)
+
+    @property
+    def x0(self) -> torch.Tensor:
+        return self.latents[-1]
+
+
+def seeded_generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+    return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+
+
+def per_sample_noise(generators: Sequence[torch.Generator], shape: tuple[int, ...], device, dtype) -> torch.Tensor:
+    """One standard normal draw of `shape` per generator, stacked on a new batch axis."""
+    return torch.stack(
+        [torch.randn(shape, generator=g, device=g.device, dtype=dtype) for g in generators]
+    ).to(device)
+
+
+@torch.no_grad()
+def rollout(
+    backend: DiffusionBackend,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    num_steps: int,
+    eta: float = 1.0,
+    guidance_scale: float = 5.0,
+    record: bool = False,
+) -> Trajectory | torch.Tensor:
+    """Sample x_0 for each (prompt, seed) pair; with `record`, return the whole Trajectory."""
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    device, dtype = backend.device, torch.float32
+    generators = seeded_generators(seeds)
+    cond = backend.encode_prompts(prompts)
+    uncond = backend.null_condition(len(prompts)) if guidance_scale != 1.0 else None
+    x = per_sample_noise(generators, backend.sample_shape, device, dtype)
+    pairs = diffusion.timestep_pairs(backend.scheduler, num_steps)
+    latents, outputs, log_probs = [x], [], []
+    for t, t_prev in pairs:
+        t_tensor = torch.full((len(prompts),), t, device=device, dtype=torch.long)
+        a_t, a_prev = diffusion.alpha_bars(backend.scheduler, t_tensor, torch.full_like(t_tensor, t_prev))
+        out = backend.guided_output(x, t_tensor, cond, uncond, guidance_scale)
+        mean = diffusion.ddim_mean(out, x, a_t, a_prev, eta, backend.prediction_type)
+        std = diffusion.ddim_std(a_t, a_prev, eta).to(x.dtype)
+        if eta > 0:
+            x_prev = mean + std.view(-1, *[1] * (x.ndim - 1)) * per_sample_noise(generators, x.shape[1:], device, dtype)
+        else:
+            x_prev = mean
+        if record:
+            outputs.append(out)
+            log_probs.append(
+                diffusion.gaussian_log_prob(x_prev, mean, std, reduction="mean") if eta > 0
+                else torch.zeros(len(prompts), device=device)
+            )
+            latents.append(x_prev)
+        x = x_prev
+    if not record:
+        return x
+    return Trajectory(
+        latents=torch.stack(latents),
+        timesteps=torch.tensor([p[0] for p in pairs]),
+        prev_timesteps=torch.tensor([p[1] for p in pairs]),
+        model_outputs=torch.stack(outputs),
+        log_probs=torch.stack(log_probs),
+    )
+
+
+@torch.no_grad()
+def sample_images(backend: DiffusionBackend, prompts: Sequence[str], seeds: Sequence[int], batch_size: int = 64, **kwargs) -> torch.Tensor:
+    """Decoded images in [0, 1], (B, 3, H, W), batched to bound memory."""
+    images = []
+    for i in range(0, len(prompts), batch_size):
+        x0 = rollout(backend, prompts[i : i + batch_size], seeds[i : i + batch_size], **kwargs)
+        images.append(backend.decode(x0))
+    return torch.cat(images)

@@ -1,0 +1,31 @@
+"""Shared fixtures: small models built in seconds, never downloaded."""
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+
+@pytest.fixture(scope="session")
+def random_sd_dir(tmp_path_factory):
+    """A tiny SD-shaped pipeline with random weights, saved in diffusers format."""
+    from nabla.models.tiny import (
+        TinyPriorConfig, build_text_encoder, build_unet, build_vae, ddim_scheduler,
+    )
+    from nabla.models.tokenizer import write_word_tokenizer
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("random_sd")
+    cfg = TinyPriorConfig()
+    tokenizer = write_word_tokenizer(["cat", "red", "heart", "face"], folder / "tokenizer_src")
+    pipeline = StableDiffusionPipeline(
+        vae=build_vae(cfg),
+        text_encoder=build_text_encoder(cfg, tokenizer),
+        tokenizer=tokenizer,
+        unet=build_unet(cfg, latent_size=cfg.image_size // 2),
+        scheduler=ddim_scheduler(cfg),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder)
+    return folder

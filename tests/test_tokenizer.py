@@ -1,0 +1,26 @@
+from transformers import CLIPTokenizer
+
+from nabla.models.tokenizer import caption_words, write_word_tokenizer
+
+
+def test_caption_words_split_like_clip():
+    assert caption_words(["Grinning cat face", "flag: United States", "keycap 10"]) == [
+        "0", "1", "cat", "face", "flag", "grinning", "keycap", "states", "united",
+    ]
+
+
+def test_known_words_are_single_tokens_and_unknown_words_fall_back(tmp_path):
+    tokenizer = write_word_tokenizer(["cat", "heart", "red"], tmp_path)
+    tokens = tokenizer.tokenize("red heart cat")
+    assert tokens == ["red</w>", "heart</w>", "cat</w>"]
+    unknown = tokenizer("zebra").input_ids
+    assert all(0 <= i < len(tokenizer) for i in unknown)
+    assert tokenizer.convert_ids_to_tokens(unknown[1:-1]) == ["z", "e", "b", "r", "a</w>"]
+
+
+def test_round_trips_through_from_pretrained_with_padding(tmp_path):
+    write_word_tokenizer(["cat"], tmp_path, max_length=8)
+    tokenizer = CLIPTokenizer.from_pretrained(tmp_path)
+    ids = tokenizer("cat", padding="max_length", max_length=tokenizer.model_max_length).input_ids
+    assert len(ids) == 8
+    assert ids[0] == tokenizer.bos_token_id and ids[2:] == [tokenizer.eos_token_id] * 6

@@ -1,0 +1,53 @@
+# Pretrain the tiny prior on OpenMoji and draw its sample grid.
+
+
+rule render_openmoji:
+    output:
+        f"{RUNS}/data/openmoji32.npz",
+    log:
+        "logs/data/render_openmoji.log",
+    conda:
+        ENV
+    shell:
+        "python -m nabla prompts --data-cache {output} > {log} 2>&1"
+
+
+rule pretrain_tiny_prior:
+    input:
+        rules.render_openmoji.output,
+    output:
+        model=f"{prior_dir('tiny')}/model_index.json",
+        losses=f"{prior_dir('tiny')}/pretrain_log.csv",
+    log:
+        "logs/tiny/pretrain_prior.log",
+    params:
+        out=prior_dir("tiny"),
+        prior=config["tiny"]["prior"],
+    threads: workflow.cores
+    resources:
+        gpu=0,
+    conda:
+        ENV
+    shell:
+        "python -m nabla pretrain --scale tiny --out {params.out} --data-cache {input}"
+        " --seed {params.prior[seed]} --vae-steps {params.prior[vae_steps]}"
+        " --unet-steps {params.prior[unet_steps]} --threads {threads} 2>&1 | tee {log}"
+
+
+rule prior_samples:
+    input:
+        rules.pretrain_tiny_prior.output.model,
+    output:
+        "results/tiny/prior_samples.png",
+    log:
+        "logs/tiny/prior_samples.log",
+    params:
+        model=prior_dir("tiny"),
+        grid=config["tiny"]["prior_samples"],
+    threads: workflow.cores
+    conda:
+        ENV
+    shell:
+        "python -m nabla sample --model {params.model} --seeds $(seq -s ' ' 0 $(({params.grid[seeds]} - 1)))"
+        " --steps {params.grid[steps]} --guidance {params.grid[guidance]} --eta {params.grid[eta]}"
+        " --credit --out {output} --threads {threads} > {log} 2>&1"
