@@ -94,6 +94,27 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(f"wrote {path} ({len(args.prompts)} prompts x {len(args.seeds)} seeds)")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    _set_threads(args.threads)
+    from nabla.trainer import NonFiniteError, Trainer, load_train_config
+
+    overrides = {"updates": args.updates, "model": args.model, "device": args.device}
+    cfg = load_train_config(args.config, args.method, args.reward, args.seed, **overrides)
+    try:
+        summary = Trainer(cfg, args.out, progress=not args.no_progress).run()
+    except NonFiniteError as error:
+        raise SystemExit(f"error: {error}") from error
+    print(json.dumps(summary))
+
+
+def cmd_train_reward(args: argparse.Namespace) -> None:
+    _set_threads(args.threads)
+    from nabla.rewards.learned import train_emoji_classifier
+
+    path = train_emoji_classifier(args.data_cache, args.out, seed=args.seed, steps=args.steps)
+    print(f"saved the learned reward to {path}")
+
+
 def cmd_prompts(args: argparse.Namespace) -> None:
     from nabla.data import openmoji, prompts
 
@@ -138,6 +159,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_sample)
+
+    p = commands.add_parser("train", help="fine-tune the prior with one method on one reward (resumes a run folder)")
+    p.add_argument("--method", required=True, help="e.g. residual_nabla_db, nabla_db")
+    p.add_argument("--reward", required=True, help="e.g. linear, quadratic, colorfulness, emoji_class")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", help="a scale's training YAML (top-level keys, methods: and rewards: sections)")
+    p.add_argument("--out", required=True, help="run folder (resumed from its checkpoint if present)")
+    p.add_argument("--updates", type=int, help="override the number of optimiser updates")
+    p.add_argument("--model", help="override the prior folder")
+    p.add_argument("--device", help="override the device (cpu, cuda)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("train-reward", help="train the tiny scale's learned reward (an OpenMoji classifier)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--data-cache", default=DEFAULT_DATA_CACHE)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_train_reward)
 
     p = commands.add_parser("prompts", help="print how many OpenMoji training images each tiny prompt covers")
     p.add_argument("--data-cache", default=DEFAULT_DATA_CACHE)

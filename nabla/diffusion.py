@@ -230,15 +230,32 @@ def reverse_score(
     through ``(x_prev − μ)/σ²``, so a loss on it backpropagates into the
     denoiser's parameters; otherwise it carries no graph.
     """
-    s = _bcast(std, x_t)
-    _check_positive_std(s)
     with torch.enable_grad():
         x = x_t if x_t.requires_grad else x_t.detach().requires_grad_(True)
-        mu = mean_fn(x)
-        # grad_outputs is the Gaussian's score in μ; not detached, so that with
-        # create_graph the result's dependence on μ through it is kept too.
-        v = (x_prev - mu) / (s**2).to(mu.dtype)
-        (score,) = torch.autograd.grad(mu, x, grad_outputs=v, create_graph=create_graph)
+        return reverse_score_from_mean(x, x_prev, mean_fn(x), std, create_graph=create_graph)
+
+
+def reverse_score_from_mean(
+    x_t: torch.Tensor,
+    x_prev: torch.Tensor,
+    mean: torch.Tensor,
+    std: Scalar,
+    create_graph: bool = False,
+    retain_graph: bool | None = None,
+) -> torch.Tensor:
+    """``reverse_score`` for a mean μ(x_t) already computed with a graph from ``x_t``.
+
+    Lets a loss reuse one denoiser forward for its forward score, reverse score and reward
+    gradient; pass ``retain_graph=True`` when that graph is used again afterwards.
+    """
+    s = _bcast(std, x_t)
+    _check_positive_std(s)
+    # grad_outputs is the Gaussian's score in μ; not detached, so that with
+    # create_graph the result's dependence on μ through it is kept too.
+    v = (x_prev - mean) / (s**2).to(mean.dtype)
+    (score,) = torch.autograd.grad(
+        mean, x_t, grad_outputs=v, create_graph=create_graph, retain_graph=retain_graph
+    )
     return score
 
 

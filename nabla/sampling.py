@@ -1,8 +1,8 @@
 """Trajectory rollout: DDIM with η and classifier-free guidance over any DiffusionBackend.
 
-Noise is drawn per sample from a generator seeded by that sample's seed, so a given seed gives
-the same initial noise and the same step noise whatever the batch it sits in — which is what lets
-the evaluation compare a fine-tuned model with its prior image by image.
+Noise is drawn per sample from a generator seeded by that sample's seed — x_T and every step's
+noise in one draw — so a given seed gives the same noise whatever the batch it sits in, which is
+what lets the evaluation compare a fine-tuned model with its prior image by image.
 """
 
 from __future__ import annotations
@@ -42,6 +42,12 @@ def per_sample_noise(generators: Sequence[torch.Generator], shape: tuple[int, ..
     ).to(device)
 
 
+def trajectory_noise(seeds: Sequence[int], num_steps: int, shape: tuple[int, ...], device, dtype) -> torch.Tensor:
+    """(num_steps + 1, B, *shape): x_T then each step's noise, one generator call per seed."""
+    noise = per_sample_noise(seeded_generators(seeds), (num_steps + 1, *shape), device, dtype)
+    return noise.transpose(0, 1)
+
+
 @torch.no_grad()
 def rollout(
     backend: DiffusionBackend,
@@ -56,20 +62,20 @@ def rollout(
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     device, dtype = backend.device, torch.float32
-    generators = seeded_generators(seeds)
     cond = backend.encode_prompts(prompts)
     uncond = backend.null_condition(len(prompts)) if guidance_scale != 1.0 else None
-    x = per_sample_noise(generators, backend.sample_shape, device, dtype)
+    noise = trajectory_noise(seeds, num_steps, backend.sample_shape, device, dtype)
+    x = noise[0]
     pairs = diffusion.timestep_pairs(backend.scheduler, num_steps)
     latents, outputs, log_probs = [x], [], []
-    for t, t_prev in pairs:
+    for step, (t, t_prev) in enumerate(pairs, start=1):
         t_tensor = torch.full((len(prompts),), t, device=device, dtype=torch.long)
         a_t, a_prev = diffusion.alpha_bars(backend.scheduler, t_tensor, torch.full_like(t_tensor, t_prev))
         out = backend.guided_output(x, t_tensor, cond, uncond, guidance_scale)
         mean = diffusion.ddim_mean(out, x, a_t, a_prev, eta, backend.prediction_type)
         std = diffusion.ddim_std(a_t, a_prev, eta).to(x.dtype)
         if eta > 0:
-            x_prev = mean + std.view(-1, *[1] * (x.ndim - 1)) * per_sample_noise(generators, x.shape[1:], device, dtype)
+            x_prev = mean + std.view(-1, *[1] * (x.ndim - 1)) * noise[step]
         else:
             x_prev = mean
         if record:

@@ -29,3 +29,15 @@ def random_sd_dir(tmp_path_factory):
     )
     pipeline.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def toy_prior_dir(tmp_path_factory):
+    """A toy2d prior trained for a few seconds (good enough to exercise training code)."""
+    from nabla.data.toy2d import circle_mixture
+    from nabla.models.toy2d import pretrain_toy2d, save_toy2d
+
+    folder = tmp_path_factory.mktemp("toy_prior")
+    model, _ = pretrain_toy2d(circle_mixture(), steps=300, batch_size=256, seed=0)
+    save_toy2d(model, circle_mixture(), folder)
+    return folder

@@ -108,7 +108,7 @@ def test_deterministic_sampler_matches_the_diffusers_pipeline(backend, random_sd
     """η = 0 removes step noise, so our rollout must equal StableDiffusionPipeline.__call__."""
     prompts, seeds = ["cat", "red heart"], [3, 4]
     ours = sampling.rollout(backend, prompts, seeds, num_steps=5, eta=0.0, guidance_scale=4.0)
-    x_T = sampling.per_sample_noise(sampling.seeded_generators(seeds), backend.sample_shape, "cpu", torch.float32)
+    x_T = sampling.trajectory_noise(seeds, 5, backend.sample_shape, "cpu", torch.float32)[0]
     pipe = StableDiffusionPipeline.from_pretrained(random_sd_dir, local_files_only=True, safety_checker=None)
     pipe.scheduler = backend.scheduler
     theirs = pipe(

@@ -1,0 +1,244 @@
+"""The Method interface every fine-tuning algorithm implements, and its registry.
+
+The trainer (:mod:`nabla.trainer`) owns the loop — sampling rounds, optimiser steps, gradient
+accumulation, clipping, logging, checkpoints — and asks a method only four things:
+
+* ``collect(prompts, seeds)``: what one round samples (usually gradient-free trajectories with
+  their rewards, see :class:`Rollouts`);
+* ``plan(batch, generator)``: how that batch splits into optimiser updates, each a list of
+  micro-batches whose gradients are accumulated;
+* ``loss(microbatch)``: a scalar to minimise and the terms to log;
+* ``modules()``: extra trainable networks (a flow network), beside the backend's LoRA.
+
+A new method is one module defining a subclass with ``@register_method``, plus one line in
+``METHOD_MODULES`` so the registry can import it.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable, Sequence
+
+import torch
+
+from nabla import diffusion
+from nabla.models.base import DiffusionBackend
+from nabla.sampling import Trajectory, rollout
+
+#: modules whose import registers methods (the ∇-GFlowNet methods and the baselines)
+METHOD_MODULES = (
+    "nabla.gflownet",
+)
+
+METHODS: dict[str, type["Method"]] = {}
+
+
+def register_method(cls: type["Method"]) -> type["Method"]:
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise ValueError(f"method name '{cls.name}' registered twice")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def available_methods() -> list[str]:
+    for module in METHOD_MODULES:
+        importlib.import_module(module)
+    return sorted(METHODS)
+
+
+def method_class(name: str) -> type["Method"]:
+    names = available_methods()
+    if name not in METHODS:
+        raise ValueError(f"unknown method '{name}'; known methods: {', '.join(names)}")
+    return METHODS[name]
+
+
+def options_from_dict(cls: type, values: dict | None) -> Any:
+    """Build an options dataclass, naming any unknown key (config typos fail loudly)."""
+    values = dict(values or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+# -- what a sampling round produces ---------------------------------------------------------------
+@dataclass
+class SamplerConfig:
+    num_steps: int = 20
+    eta: float = 1.0
+    guidance_scale: float = 5.0
+
+
+@dataclass
+class Rollouts:
+    """B trajectories sampled without gradient, their prompts, seeds and terminal rewards."""
+
+    trajectory: Trajectory
+    prompts: list[str]
+    seeds: list[int]
+    rewards: torch.Tensor  # (B,)
+
+    TENSORS: ClassVar = ("latents", "timesteps", "prev_timesteps", "model_outputs", "log_probs")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {f"trajectory.{k}": getattr(self.trajectory, k).contiguous() for k in self.TENSORS}
+        state["rewards"] = self.rewards.contiguous()
+        state["seeds"] = torch.tensor(self.seeds)
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor], prompts: list[str]) -> "Rollouts":
+        trajectory = Trajectory(**{k: state[f"trajectory.{k}"] for k in cls.TENSORS})
+        return cls(trajectory, list(prompts), state["seeds"].tolist(), state["rewards"])
+
+
+@dataclass
+class Transitions:
+    """A micro-batch of N transitions x_t → x_prev taken from Rollouts (everything indexed)."""
+
+    x_t: torch.Tensor
+    x_prev: torch.Tensor
+    t: torch.Tensor
+    t_prev: torch.Tensor
+    model_output_old: torch.Tensor  # guided output stored at sampling time
+    log_prob_old: torch.Tensor
+    prompts: list[str]
+    rewards: torch.Tensor  # terminal reward of each transition's trajectory
+    step_index: torch.Tensor  # position of the transition in its trajectory (0 = first)
+
+    @property
+    def is_last(self) -> torch.Tensor:
+        return self.t_prev < 0
+
+
+def gather_transitions(batch: Rollouts, traj_index: torch.Tensor, step_index: torch.Tensor) -> Transitions:
+    tr = batch.trajectory
+    return Transitions(
+        x_t=tr.latents[step_index, traj_index],
+        x_prev=tr.latents[step_index + 1, traj_index],
+        t=tr.timesteps[step_index],
+        t_prev=tr.prev_timesteps[step_index],
+        model_output_old=tr.model_outputs[step_index, traj_index],
+        log_prob_old=tr.log_probs[step_index, traj_index],
+        prompts=[batch.prompts[i] for i in traj_index.tolist()],
+        rewards=batch.rewards[traj_index],
+        step_index=step_index,
+    )
+
+
+def subsample_transitions(
+    num_steps: int, fraction: float, stratified: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """Indices of the transitions trained in one trajectory, the last one always included.
+
+    k = max(1, round(fraction · T)) transitions: the last (x_1 → x_0, where the reward enters
+    directly) plus k − 1 of the others, either one per equal-width stratum ("low-variance
+    subsampling", the release's default) or uniformly without replacement.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"transition fraction must be in (0, 1], got {fraction}")
+    k = max(1, round(fraction * num_steps))
+    others = num_steps - 1
+    extra = min(k - 1, others)
+    if extra == 0:
+        chosen = torch.empty(0, dtype=torch.long)
+    elif stratified:
+        edges = torch.linspace(0, others, extra + 1)
+        lows, highs = edges[:-1].floor().long(), edges[1:].floor().long()
+        widths = (highs - lows).clamp(min=1)
+        chosen = lows + (torch.rand(extra, generator=generator) * widths).long()
+    else:
+        chosen = torch.randperm(others, generator=generator)[:extra]
+    return torch.cat([chosen.sort().values, torch.tensor([num_steps - 1])])
+
+
+def chunk(indices: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [indices[i : i + size] for i in range(0, len(indices), size)]
+
+
+# -- the interface ------------------------------------------------------------------------------
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # scalar, already divided by nothing: the trainer averages micro-batches
+    logs: dict[str, float]
+
+
+class Method(abc.ABC):
+    """One fine-tuning algorithm; see the module docstring for the contract."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type]
+    #: whether round r trains on round r−1's trajectories (the ∇-GFlowNet release's behaviour)
+    trains_on_previous_round: bool = False
+
+    def __init__(self, options, backend: DiffusionBackend, reward, sampler: SamplerConfig):
+        self.options = options
+        self.backend = backend
+        self.reward = reward
+        self.sampler = sampler
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """Trainable networks besides the LoRA (checkpointed by name)."""
+        return {}
+
+    def collect(self, prompts: Sequence[str], seeds: Sequence[int]) -> Rollouts:
+        """Gradient-free rollouts with the fine-tuned model and their rewards."""
+        trajectory = rollout(
+            self.backend, prompts, seeds, num_steps=self.sampler.num_steps, eta=self.sampler.eta,
+            guidance_scale=self.sampler.guidance_scale, record=True,
+        )
+        with torch.no_grad():
+            rewards = self.reward(self.backend.decode(trajectory.x0), list(prompts)).float()
+        return Rollouts(trajectory, list(prompts), list(seeds), rewards)
+
+    @abc.abstractmethod
+    def plan(self, batch: Rollouts, generator: torch.Generator) -> list[list[Any]]:
+        """Split a round's batch into updates, each a list of micro-batches."""
+
+    @abc.abstractmethod
+    def loss(self, microbatch: Any) -> LossOutput: ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Extra non-parameter state to checkpoint (e.g. running reward statistics)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            raise ValueError(f"{self.name} keeps no extra state but the checkpoint has {sorted(state)}")
+
+    # -- shared helpers for methods that evaluate transitions -------------------------------------
+    def transition_coefficients(self, tr: Transitions):
+        """ᾱ_t, ᾱ_prev and σ_t of each transition, in the transitions' dtype."""
+        a_t, a_prev = diffusion.alpha_bars(self.backend.scheduler, tr.t, tr.t_prev)
+        std = diffusion.ddim_std(a_t, a_prev, self.sampler.eta)
+        return a_t.to(tr.x_t.dtype), a_prev.to(tr.x_t.dtype), std.to(tr.x_t.dtype)
+
+    def conditions(self, prompts: Sequence[str]):
+        cond = self.backend.encode_prompts(prompts)
+        uncond = self.backend.null_condition(len(prompts)) if self.sampler.guidance_scale != 1.0 else None
+        return cond, uncond
+
+    def guided(self, x: torch.Tensor, t: torch.Tensor, cond, uncond) -> torch.Tensor:
+        return self.backend.guided_output(x, t, cond, uncond, self.sampler.guidance_scale)
+
+
+def iterate_transition_plan(
+    batch: Rollouts, steps_per_trajectory: Iterable[torch.Tensor], updates: int, microbatch_size: int
+) -> list[list[Transitions]]:
+    """Flatten the chosen (trajectory, step) pairs and cut them into updates of micro-batches."""
+    pairs = [(b, int(j)) for b, steps in enumerate(steps_per_trajectory) for j in steps]
+    per_update = chunk(pairs, max(1, -(-len(pairs) // updates)))
+    plan = []
+    for update_pairs in per_update:
+        micro = []
+        for part in chunk(update_pairs, microbatch_size):
+            traj = torch.tensor([p[0] for p in part])
+            steps = torch.tensor([p[1] for p in part])
+            micro.append(gather_transitions(batch, traj, steps))
+        plan.append(micro)
+    return plan

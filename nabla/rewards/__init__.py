@@ -1,0 +1,13 @@
+"""Differentiable rewards, found by name: ``build_reward("colorfulness")``.
+
+Adding a reward: one module defining a ``Reward`` subclass decorated with ``@register_reward``,
+and one import line below (importing the module is what registers it).
+"""
+
+from nabla.rewards.base import REWARDS, Reward, build_reward, register_reward, reward_options
+
+from nabla.rewards import toy2d  # noqa: F401  linear, quadratic
+from nabla.rewards import colorfulness  # noqa: F401  colorfulness
+from nabla.rewards import learned  # noqa: F401  emoji_class
+
+__all__ = ["REWARDS", "Reward", "build_reward", "register_reward", "reward_options"]

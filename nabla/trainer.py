@@ -1,0 +1,370 @@
+"""The one training loop every method runs through.
+
+Per round: sample a batch of trajectories with the current policy (``Method.collect``), split a
+batch (this round's, or the previous round's for methods that train one round behind) into
+updates of accumulated micro-batches (``Method.plan``), and take one AdamW step per update with
+gradient clipping per parameter group. Everything random is a function of (seed, round), so a
+run killed after a checkpoint and resumed reproduces the uninterrupted run exactly on CPU.
+
+A run folder holds ``config.yaml`` (the resolved config), ``train_log.csv`` (one row per update),
+``eval_log.csv`` (held-out reward at fixed prompts and seeds), ``checkpoint/`` (the latest:
+LoRA, extra modules, optimiser, pending batch — safetensors — and ``state.json``), and, once
+finished, ``final/`` and ``done.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from nabla.methods import Method, Rollouts, SamplerConfig, method_class, options_from_dict
+from nabla.models.base import DiffusionBackend
+from nabla.rewards import build_reward
+
+
+class NonFiniteError(RuntimeError):
+    """A reward, loss or gradient became NaN/inf: the run stops before any checkpoint of it."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs besides the method's and reward's own options."""
+
+    scale: str = "tiny"  # "toy2d", "tiny" or "sd15"
+    model: str = "runs/tiny/prior"  # prior folder or hub id (local cache only)
+    method: str = "residual_nabla_db"
+    reward: str = "colorfulness"
+    seed: int = 0
+    updates: int = 200  # optimiser steps
+    trajectories_per_round: int = 64
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    prompts: tuple[str, ...] = ("cat", "heart", "flag", "clock", "hand")
+    eval_prompts: tuple[str, ...] = ("smiling", "moon", "star", "circle")
+    eval_samples_per_prompt: int = 8
+    eval_every: int = 25  # updates; 0 = only at start and end
+    lora_rank: int = 8
+    lora_alpha: float | None = None  # default: = rank
+    lr: float = 1e-3
+    flow_lr: float = 1e-3
+    weight_decay: float = 1e-4
+    flow_weight_decay: float = 1e-2
+    lr_schedule: str = "constant"  # or "cosine" (decay to 0 over `updates`)
+    grad_clip: float = 1.0
+    checkpoint_every: int = 50  # updates
+    log_every: int = 10  # updates between printed summaries
+    device: str = "cpu"
+    method_options: dict = field(default_factory=dict)
+    reward_options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if isinstance(self.sampler, dict):
+            self.sampler = options_from_dict(SamplerConfig, self.sampler)
+        for name in ("updates", "trajectories_per_round", "checkpoint_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("lr", "flow_lr"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+
+
+def load_train_config(path: str | Path | None, method: str, reward: str, seed: int, **overrides) -> TrainConfig:
+    """A run's config from a scale's YAML: top-level keys, plus `methods[method]`, `rewards[reward]`."""
+    raw = yaml.safe_load(Path(path).read_text()) if path else {}
+    raw = dict(raw or {})
+    methods, rewards = raw.pop("methods", {}) or {}, raw.pop("rewards", {}) or {}
+    raw.update(method=method, reward=reward, seed=seed, **{k: v for k, v in overrides.items() if v is not None})
+    raw["method_options"] = {**(methods.get(method) or {}), **raw.get("method_options", {})}
+    raw["reward_options"] = {**(rewards.get(reward) or {}), **raw.get("reward_options", {})}
+    return options_from_dict(TrainConfig, raw)
+
+
+def build_backend(cfg: TrainConfig) -> DiffusionBackend:
+    if cfg.scale == "toy2d":
+        from nabla.models.toy2d import Toy2dBackend
+
+        backend = Toy2dBackend.from_pretrained(cfg.model, device=cfg.device)
+    elif cfg.scale in ("tiny", "sd15"):
+        from nabla.models.sd import SDBackend
+
+        backend = SDBackend.from_pretrained(cfg.model).to(cfg.device)
+    else:
+        raise ValueError(f"unknown scale '{cfg.scale}'; known: toy2d, tiny, sd15")
+    backend.add_lora(cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed)
+    return backend
+
+
+def round_seeds(seed: int, round_index: int, batch: int) -> list[int]:
+    """Distinct sampling seeds per (run seed, round); evaluation uses 0..K−1, never these."""
+    base = 1_000_000 * (seed + 1) + round_index * batch
+    return list(range(base, base + batch))
+
+
+def round_generator(seed: int, round_index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + round_index)
+
+
+# -- checkpoint files ---------------------------------------------------------------------------
+def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entries in state["state"].items():
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value.contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in list(tensors.items()) + list(meta["scalars"].items()):
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+class _CsvLog:
+    """Append-only CSV whose header is fixed by its first row; rows past `step` dropped on resume."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        self.fields: list[str] | None = None
+        if path.exists() and resume_step is not None:
+            with path.open() as f:
+                rows = list(csv.DictReader(f))
+            self.fields = list(rows[0].keys()) if rows else None
+            kept = [r for r in rows if int(r["step"]) <= resume_step]
+            self._rewrite(kept)
+        elif path.exists():
+            path.unlink()
+
+    def _rewrite(self, rows):
+        with self.path.open("w", newline="") as f:
+            if self.fields:
+                writer = csv.DictWriter(f, self.fields)
+                writer.writeheader()
+                writer.writerows(rows)
+
+    def write(self, row: dict) -> None:
+        new = self.fields is None
+        if new:
+            self.fields = list(row)
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, self.fields, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+# -- the loop -----------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out: str | Path, progress: bool = True):
+        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        self.backend = build_backend(cfg)
+        self.reward = build_reward(cfg.reward, **cfg.reward_options).to(cfg.device)
+        cls = method_class(cfg.method)
+        self.method: Method = cls(
+            options_from_dict(cls.Options, cfg.method_options), self.backend, self.reward, cfg.sampler
+        )
+        for module in self.method.modules().values():
+            module.to(cfg.device)
+        self.groups = {"lora": self.backend.lora_parameters()}
+        extra = [p for m in self.method.modules().values() for p in m.parameters() if p.requires_grad]
+        if extra:
+            self.groups["flow"] = extra
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": self.groups["lora"], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+                *([{"params": extra, "lr": cfg.flow_lr, "weight_decay": cfg.flow_weight_decay}] if extra else []),
+            ]
+        )
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.step, self.round, self.elapsed = 0, 0, 0.0
+        self.pending: Rollouts | None = None
+
+    # -- config and checkpoints ---------------------------------------------------------------
+    def resolved_config(self) -> dict:
+        cfg = dataclasses.asdict(self.cfg)
+        cfg["method_options"] = dataclasses.asdict(self.method.options)
+        return cfg
+
+    def save_checkpoint(self) -> Path:
+        """Write the latest checkpoint atomically: a killed write never replaces a good one."""
+        final, tmp = self.out / "checkpoint", self.out / "checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        self.backend.save_lora(tmp)
+        modules = {
+            f"{name}.{k}": v.detach().contiguous() for name, m in self.method.modules().items()
+            for k, v in m.state_dict().items()
+        }
+        save_file(modules, str(tmp / "modules.safetensors"))
+        tensors, opt_meta = _optimizer_to_files(self.optimizer)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        save_file({"cpu": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+        method_state = self.method.state_dict()
+        save_file(method_state, str(tmp / "method_state.safetensors"))
+        if self.pending is not None:
+            save_file(self.pending.state_dict(), str(tmp / "pending.safetensors"))
+        state = {
+            "step": self.step,
+            "round": self.round,
+            "elapsed_seconds": self.elapsed,
+            "optimizer": opt_meta,
+            "pending_prompts": self.pending.prompts if self.pending is not None else None,
+        }
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        return final
+
+    def load_checkpoint(self) -> bool:
+        folder = self.out / "checkpoint"
+        if not (folder / "state.json").exists():
+            return False
+        state = json.loads((folder / "state.json").read_text())
+        self.backend.load_lora(folder)
+        modules = load_file(str(folder / "modules.safetensors"))
+        for name, module in self.method.modules().items():
+            prefix = f"{name}."
+            module.load_state_dict({k[len(prefix):]: v for k, v in modules.items() if k.startswith(prefix)})
+        self.optimizer.load_state_dict(
+            _optimizer_from_files(load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
+        )
+        torch.set_rng_state(load_file(str(folder / "rng.safetensors"))["cpu"])
+        self.method.load_state_dict(load_file(str(folder / "method_state.safetensors")))
+        if state["pending_prompts"] is not None:
+            self.pending = Rollouts.from_state_dict(
+                load_file(str(folder / "pending.safetensors")), state["pending_prompts"]
+            )
+        self.step, self.round, self.elapsed = state["step"], state["round"], state["elapsed_seconds"]
+        return True
+
+    # -- pieces of the loop ---------------------------------------------------------------------
+    def _set_lr(self) -> float:
+        factor = 1.0
+        if self.cfg.lr_schedule == "cosine":
+            factor = 0.5 * (1 + math.cos(math.pi * min(1.0, self.step / self.cfg.updates)))
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _round_prompts(self) -> list[str]:
+        n, prompts = self.cfg.trajectories_per_round, self.cfg.prompts
+        return [prompts[(self.round * n + i) % len(prompts)] for i in range(n)]
+
+    def _collect(self) -> Rollouts:
+        batch = self.method.collect(self._round_prompts(), round_seeds(self.cfg.seed, self.round, self.cfg.trajectories_per_round))
+        bad = (~torch.isfinite(batch.rewards)).sum().item()
+        if bad:
+            raise NonFiniteError(
+                f"{bad} of {len(batch.rewards)} rewards are non-finite in round {self.round} "
+                f"(before update {self.step + 1}); stopping without a checkpoint of this state"
+            )
+        return batch
+
+    def _update(self, microbatches: list) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        logs: dict[str, float] = {}
+        for micro in microbatches:
+            out = self.method.loss(micro)
+            if not torch.isfinite(out.loss):
+                raise NonFiniteError(
+                    f"non-finite loss ({out.loss.item()}) at update {self.step + 1}; terms: {out.logs}; "
+                    "stopping without a checkpoint of this state"
+                )
+            (out.loss / len(microbatches)).backward()
+            logs["loss"] = logs.get("loss", 0.0) + out.loss.item() / len(microbatches)
+            for key, value in out.logs.items():
+                logs[key] = logs.get(key, 0.0) + value / len(microbatches)
+        for name, params in self.groups.items():
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+            if not torch.isfinite(norm):
+                raise NonFiniteError(f"non-finite {name} gradient norm at update {self.step + 1}")
+            logs[f"grad_norm_{name}"] = norm.item()
+        self.optimizer.step()
+        return logs
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Reward of the fine-tuned model on the held-out prompts at fixed seeds (same noise each time)."""
+        k = self.cfg.eval_samples_per_prompt
+        prompts = [p for p in self.cfg.eval_prompts for _ in range(k)]
+        seeds = [s for _ in self.cfg.eval_prompts for s in range(k)]
+        batch = self.method.collect(prompts, seeds)
+        return {"eval_reward_mean": batch.rewards.mean().item(), "eval_reward_std": batch.rewards.std(correction=0).item()}
+
+    def _log_eval(self, log: _CsvLog) -> dict[str, float]:
+        row = {"step": self.step, "seconds": round(self.elapsed, 3), **self.evaluate()}
+        log.write(row)
+        return row
+
+    # -- run ----------------------------------------------------------------------------------
+    def run(self) -> dict:
+        if (self.out / "done.json").exists():
+            return json.loads((self.out / "done.json").read_text())
+        resumed = self.load_checkpoint()
+        (self.out / "config.yaml").write_text(yaml.safe_dump(self.resolved_config(), sort_keys=False))
+        train_log = _CsvLog(self.out / "train_log.csv", self.step if resumed else None)
+        eval_log = _CsvLog(self.out / "eval_log.csv", self.step if resumed else None)
+        if not resumed:
+            self._log_eval(eval_log)
+        cfg = self.cfg
+        bar = tqdm(total=cfg.updates, initial=self.step, desc=f"{cfg.method}/{cfg.reward}/s{cfg.seed}", disable=not self.progress)
+        while self.step < cfg.updates:
+            start, step_before = time.perf_counter(), self.step
+            fresh = self._collect()
+            batch = self.pending if self.method.trains_on_previous_round and self.pending is not None else fresh
+            self.pending = fresh if self.method.trains_on_previous_round else None
+            plan = self.method.plan(batch, round_generator(cfg.seed, self.round))
+            for microbatches in plan:
+                if self.step >= cfg.updates:
+                    break
+                lr = self._set_lr()
+                logs = self._update(microbatches)
+                self.step += 1
+                bar.update(1)
+                row = {
+                    "step": self.step, "round": self.round,
+                    "seconds": round(self.elapsed + time.perf_counter() - start, 3), "lr": lr,
+                    "train_reward_mean": fresh.rewards.mean().item(), "train_reward_std": fresh.rewards.std(correction=0).item(),
+                    **logs,
+                }
+                train_log.write(row)
+                if self.step % cfg.log_every == 0 or self.step == cfg.updates:
+                    bar.write(
+                        f"update {self.step}/{cfg.updates}  reward {row['train_reward_mean']:.4g}"
+                        f" ± {row['train_reward_std']:.3g}  loss {logs['loss']:.4g}"
+                    )
+            self.round += 1
+            self.elapsed += time.perf_counter() - start
+            if cfg.eval_every and self.step // cfg.eval_every > step_before // cfg.eval_every and self.step < cfg.updates:
+                self._log_eval(eval_log)
+            if self.step // cfg.checkpoint_every > step_before // cfg.checkpoint_every or self.step >= cfg.updates:
+                self.save_checkpoint()
+        bar.close()
+        final_eval = self._log_eval(eval_log)
+        final = self.out / "final"
+        self.backend.save_lora(final)
+        for name, module in self.method.modules().items():
+            save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(final / f"{name}.safetensors"))
+        summary = {"step": self.step, "rounds": self.round, "train_seconds": round(self.elapsed, 2), **final_eval}
+        (self.out / "done.json").write_text(json.dumps(summary, indent=1))
+        return summary
