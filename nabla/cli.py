@@ -115,10 +115,11 @@ def cmd_train_reward(args: argparse.Namespace) -> None:
     print(f"saved the learned reward to {path}")
 
 
-def cmd_prompts(args: argparse.Namespace) -> None:
+def cmd_data(args: argparse.Namespace) -> None:
     from nabla.data import openmoji, prompts
 
     dataset = openmoji.load_openmoji(args.data_cache)
+    print(f"OpenMoji {openmoji.openmoji_version()} (CC BY-SA 4.0): {len(dataset.captions)} clean emoji cached in {args.data_cache}")
     train, heldout = openmoji.split(dataset)
     for name, words in (("finetune", prompts.FINETUNE_PROMPTS), ("eval", prompts.EVAL_PROMPTS), ("pretrain", prompts.TRAIN_WORDS)):
         covered = prompts.prompt_coverage(words, train.captions)
@@ -181,9 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_train_reward)
 
-    p = commands.add_parser("prompts", help="print how many OpenMoji training images each tiny prompt covers")
+    p = commands.add_parser("data", help="render OpenMoji to the cache and print how many images each tiny prompt covers")
     p.add_argument("--data-cache", default=DEFAULT_DATA_CACHE)
-    p.set_defaults(func=cmd_prompts)
+    p.set_defaults(func=cmd_data)
     return parser
 
 

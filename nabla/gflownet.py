@@ -63,11 +63,10 @@ class NablaDBOptions:
 
 class _NablaGFlowNet(Method):
     Options = NablaDBOptions
+    needs_stochastic_sampler = True
 
     def __init__(self, options, backend, reward, sampler):
         super().__init__(options, backend, reward, sampler)
-        if sampler.eta <= 0:
-            raise ValueError("∇-DB needs a stochastic sampler (eta > 0): its scores are Gaussian")
         self.flow = None
         if not options.no_flow:
             shape = tuple(backend.sample_shape)

@@ -31,6 +31,10 @@ from nabla.sampling import Trajectory, rollout
 #: modules whose import registers methods (the ∇-GFlowNet methods and the baselines)
 METHOD_MODULES = (
     "nabla.gflownet",
+    "baselines.ddpo",
+    "baselines.draft",
+    "baselines.refl",
+    "baselines.db_gflownet",
 )
 
 METHODS: dict[str, type["Method"]] = {}
@@ -175,8 +179,15 @@ class Method(abc.ABC):
     Options: ClassVar[type]
     #: whether round r trains on round r−1's trajectories (the ∇-GFlowNet release's behaviour)
     trains_on_previous_round: bool = False
+    #: whether the loss uses Gaussian transition densities or scores (then η must be > 0)
+    needs_stochastic_sampler: bool = False
 
     def __init__(self, options, backend: DiffusionBackend, reward, sampler: SamplerConfig):
+        if self.needs_stochastic_sampler and sampler.eta <= 0:
+            raise ValueError(
+                f"{self.name} needs a stochastic sampler (eta > 0): its loss uses the Gaussian "
+                f"transition densities, which a deterministic sampler does not have"
+            )
         self.options = options
         self.backend = backend
         self.reward = reward

@@ -48,6 +48,30 @@ def trajectory_noise(seeds: Sequence[int], num_steps: int, shape: tuple[int, ...
     return noise.transpose(0, 1)
 
 
+@dataclass
+class Step:
+    """One sampler transition x_t → x_prev and what produced it."""
+
+    x_prev: torch.Tensor
+    model_output: torch.Tensor  # guided
+    mean: torch.Tensor
+    std: torch.Tensor  # (B,)
+
+
+def sampler_step(
+    backend: DiffusionBackend, x: torch.Tensor, t: int, t_prev: int, cond, uncond,
+    eta: float, guidance_scale: float, noise: torch.Tensor | None,
+) -> Step:
+    """x_prev = μ(x_t) + σ_t·noise with the guided model output; differentiable if x or θ need it."""
+    t_vec = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+    a_t, a_prev = diffusion.alpha_bars(backend.scheduler, t_vec, torch.full_like(t_vec, t_prev))
+    out = backend.guided_output(x, t_vec, cond, uncond, guidance_scale)
+    mean = diffusion.ddim_mean(out, x, a_t, a_prev, eta, backend.prediction_type)
+    std = diffusion.ddim_std(a_t, a_prev, eta).to(x.dtype)
+    x_prev = mean + std.view(-1, *[1] * (x.ndim - 1)) * noise if eta > 0 else mean
+    return Step(x_prev, out, mean, std)
+
+
 @torch.no_grad()
 def rollout(
     backend: DiffusionBackend,
@@ -69,23 +93,15 @@ def rollout(
     pairs = diffusion.timestep_pairs(backend.scheduler, num_steps)
     latents, outputs, log_probs = [x], [], []
     for step, (t, t_prev) in enumerate(pairs, start=1):
-        t_tensor = torch.full((len(prompts),), t, device=device, dtype=torch.long)
-        a_t, a_prev = diffusion.alpha_bars(backend.scheduler, t_tensor, torch.full_like(t_tensor, t_prev))
-        out = backend.guided_output(x, t_tensor, cond, uncond, guidance_scale)
-        mean = diffusion.ddim_mean(out, x, a_t, a_prev, eta, backend.prediction_type)
-        std = diffusion.ddim_std(a_t, a_prev, eta).to(x.dtype)
-        if eta > 0:
-            x_prev = mean + std.view(-1, *[1] * (x.ndim - 1)) * noise[step]
-        else:
-            x_prev = mean
+        s = sampler_step(backend, x, t, t_prev, cond, uncond, eta, guidance_scale, noise[step])
         if record:
-            outputs.append(out)
+            outputs.append(s.model_output)
             log_probs.append(
-                diffusion.gaussian_log_prob(x_prev, mean, std, reduction="mean") if eta > 0
+                diffusion.gaussian_log_prob(s.x_prev, s.mean, s.std, reduction="mean") if eta > 0
                 else torch.zeros(len(prompts), device=device)
             )
-            latents.append(x_prev)
-        x = x_prev
+            latents.append(s.x_prev)
+        x = s.x_prev
     if not record:
         return x
     return Trajectory(

@@ -1,5 +1,8 @@
 """Shared fixtures: small models built in seconds, never downloaded."""
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
@@ -41,3 +44,13 @@ def toy_prior_dir(tmp_path_factory):
     model, _ = pretrain_toy2d(circle_mixture(), steps=300, batch_size=256, seed=0)
     save_toy2d(model, circle_mixture(), folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def openmoji_cache(tmp_path_factory):
+    """The OpenMoji render cache: a copy of the repository's if present (never written to), else rendered."""
+    repo_cache = Path(__file__).resolve().parents[1] / "runs" / "data" / "openmoji32.npz"
+    cache = tmp_path_factory.mktemp("openmoji") / "openmoji32.npz"
+    if repo_cache.exists():  # a stale copy is re-rendered by load_openmoji
+        shutil.copy(repo_cache, cache)
+    return cache

@@ -6,7 +6,6 @@ a full training is measured by `python -m nabla train-reward`, not by a test.
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,19 +27,15 @@ from nabla.rewards.learned import (
 
 torch.set_num_threads(1)
 
-REPO_CACHE = Path(__file__).resolve().parents[1] / "runs" / "data" / "openmoji32.npz"
 PRIOR = circle_mixture()
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A classifier trained for 30 small steps (seconds), from a copy of the render cache."""
+def model_dir(tmp_path_factory, openmoji_cache) -> Path:
+    """A classifier trained for 30 small steps (seconds)."""
     folder = tmp_path_factory.mktemp("emoji_classifier")
-    cache = folder / "openmoji32.npz"
-    if REPO_CACHE.exists():  # a copy: a stale cache is re-rendered, never in the repo's runs/
-        shutil.copy(REPO_CACHE, cache)
     torch.manual_seed(0)
-    return train_emoji_classifier(cache, folder / "model", steps=30, batch_size=16)
+    return train_emoji_classifier(openmoji_cache, folder / "model", steps=30, batch_size=16)
 
 
 def make_reward(name: str, model_dir: Path) -> Reward:
@@ -101,15 +96,18 @@ def test_linear_and_quadratic_values_by_hand():
 
 @pytest.mark.parametrize(
     "name, options, tilt_fn, key",
-    [("linear", {"w": (0.5, -0.3)}, tilt_linear, "w"), ("quadratic", {"center": (2.0, -1.0)}, tilt_quadratic, "center")],
+    [
+        ("linear", {"w": (0.5, -0.3)}, tilt_linear, "w"),
+        ("quadratic", {"center": (2.0, -1.0)}, tilt_quadratic, "center"),
+    ],
 )
 def test_exact_target_is_the_tilt_and_matches_importance_weights(name, options, tilt_fn, key):
     beta = 1.5
     reward = build_reward(name, **options)
     target = reward.exact_target(PRIOR, beta)
     expected = tilt_fn(PRIOR, options[key], beta)
-    for a, b in [(target.means, expected.means), (target.stds, expected.stds), (target.weights, expected.weights)]:
-        assert torch.allclose(a, b)
+    for field in ("means", "stds", "weights"):
+        assert torch.allclose(getattr(target, field), getattr(expected, field))
     # independent check: prior samples reweighted by exp(β r) have the target's mean
     gen = torch.Generator().manual_seed(0)
     x, _ = PRIOR.sample(200_000, generator=gen)
@@ -191,9 +189,8 @@ def test_prompt_category_picks_each_samples_word(model_dir):
     reward = build_reward("emoji_class", model_dir=model_dir, category="prompt")
     x = torch.rand(3, 3, 32, 32)
     prompts = ["cat", "heart", "flag"]
-    expected = torch.stack(
-        [build_reward("emoji_class", model_dir=model_dir, category=w)(x[i : i + 1])[0] for i, w in enumerate(prompts)]
-    )
+    fixed = [build_reward("emoji_class", model_dir=model_dir, category=w) for w in prompts]
+    expected = torch.stack([r(x[i : i + 1])[0] for i, r in enumerate(fixed)])
     assert torch.allclose(reward(x, prompts), expected)
     with pytest.raises(ValueError, match="'dog'"):
         reward(x, ["cat", "dog", "flag"])

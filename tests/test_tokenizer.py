@@ -1,6 +1,6 @@
 from transformers import CLIPTokenizer
 
-from nabla.models.tokenizer import caption_words, write_word_tokenizer
+from nabla.models.tokenizer import caption_words, learn_merges, write_word_tokenizer
 
 
 def test_caption_words_split_like_clip():
@@ -15,7 +15,24 @@ def test_known_words_are_single_tokens_and_unknown_words_fall_back(tmp_path):
     assert tokens == ["red</w>", "heart</w>", "cat</w>"]
     unknown = tokenizer("zebra").input_ids
     assert all(0 <= i < len(tokenizer) for i in unknown)
-    assert tokenizer.convert_ids_to_tokens(unknown[1:-1]) == ["z", "e", "b", "r", "a</w>"]
+    assert "".join(tokenizer.convert_ids_to_tokens(unknown[1:-1])) == "zebra</w>"
+
+
+def test_every_word_of_overlapping_captions_is_one_token(tmp_path):
+    # "at", "cat", "hat", "heart", "hear", "ear": shared pieces that naive merge orders break apart
+    words = ["at", "cat", "hat", "heart", "hear", "ear", "earth", "the", "he"]
+    tokenizer = write_word_tokenizer(words, tmp_path)
+    for word in words:
+        assert tokenizer.tokenize(word) == [word + "</w>"]
+
+
+def test_learned_merges_are_deterministic_and_produce_vocabulary_tokens():
+    words = ["red", "heart", "green", "heart", "cat"]
+    merges = learn_merges(words)
+    assert merges == learn_merges(list(reversed(words)))
+    assert merges[0] == ("r", "e")  # the only pair in two distinct words ("red", "green") ranks first
+    # 2 + 4 + 4 + 2 pair merges build the four words, and "re" serves both "red" and "green"
+    assert len(merges) == 11
 
 
 def test_round_trips_through_from_pretrained_with_padding(tmp_path):

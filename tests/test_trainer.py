@@ -185,3 +185,11 @@ def test_cli_train_saves_the_resolved_config(toy_prior_dir, tmp_path):
     cfg = load_train_config(tmp_path / "run" / "config.yaml", "nabla_db", "quadratic", 3)
     assert cfg.seed == 3 and cfg.updates == 2 and cfg.method_options["reward_scale"] == 0.25
     assert cfg.reward_options == {"center": [1.0, 0.0]}
+
+
+@pytest.mark.parametrize("method", ["residual_nabla_db", "nabla_db", "ddpo", "db_gflownet"])
+def test_density_based_methods_refuse_a_deterministic_sampler(toy_prior_dir, tmp_path, method):
+    cfg = toy_config(toy_prior_dir, method=method, method_options={},
+                     sampler={"num_steps": 4, "eta": 0.0, "guidance_scale": 1.0})
+    with pytest.raises(ValueError, match=f"{method} needs a stochastic sampler"):
+        Trainer(cfg, tmp_path)

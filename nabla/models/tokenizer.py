@@ -1,17 +1,19 @@
 """A CLIP BPE tokenizer whose vocabulary is the words of a caption set.
 
 The tiny prior needs a real `CLIPTokenizer` (so it loads like SD 1.5's) but SD's 49k-token
-vocabulary would dwarf a 64-wide text encoder. We write vocab.json + merges.txt in CLIP's format:
-every character (alone and word-final, "c</w>"), every word prefix, and every whole word
-("cat</w>"). The merges build each word left to right, so every merge yields an in-vocabulary
-token (transformers' tokenizer fails on a merge whose result is missing) and known words become
-single tokens; an unknown word falls back to characters instead of failing.
+vocabulary would dwarf a 64-wide text encoder. We write vocab.json + merges.txt in CLIP's format,
+learning the merges by byte-pair encoding over the caption words until every word is one token.
+BPE encoding replays the merges in rank order, so each known word encodes to its single token
+("cat</w>"), every merge yields an in-vocabulary token (transformers' tokenizer fails on a merge
+whose result is missing), and an unknown word falls back to pieces instead of failing.
 """
 
 from __future__ import annotations
 
 import json
+import heapq
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
@@ -28,14 +30,55 @@ def caption_words(captions: Iterable[str]) -> list[str]:
     return sorted(words)
 
 
-def _merges_for(word: str) -> list[tuple[str, str]]:
-    """Left-to-right merges that turn the characters of `word` into the single token word</w>."""
-    merges, prefix = [], word[0]
-    for i, char in enumerate(word[1:], start=1):
-        right = char + "</w>" if i == len(word) - 1 else char
-        merges.append((prefix, right))
-        prefix += char
+def learn_merges(words: Iterable[str]) -> list[tuple[str, str]]:
+    """BPE merges, most frequent pair first (ties: smallest pair), until every word is one token."""
+    symbols = {w: [*w[:-1], w[-1] + "</w>"] for w in sorted(set(words))}
+    counts: Counter[tuple[str, str]] = Counter()
+    pair_words: dict[tuple[str, str], set[str]] = {}
+    for word, parts in symbols.items():
+        for pair in zip(parts, parts[1:]):
+            counts[pair] += 1
+            pair_words.setdefault(pair, set()).add(word)
+    # A heap of (−count, pair) with stale entries skipped: the best pair in O(log n).
+    heap = [(-c, p) for p, c in counts.items()]
+    heapq.heapify(heap)
+    merges = []
+    while heap:
+        negative, best = heapq.heappop(heap)
+        if counts.get(best, 0) != -negative:
+            continue
+        merges.append(best)
+        del counts[best]
+        touched = set()
+        for word in sorted(pair_words.pop(best)):
+            old = symbols[word]
+            for pair in zip(old, old[1:]):
+                if pair != best:
+                    counts[pair] -= 1
+                    touched.add(pair)
+            symbols[word] = new = _merge(old, best)
+            for pair in zip(new, new[1:]):
+                counts[pair] += 1
+                touched.add(pair)
+                pair_words.setdefault(pair, set()).add(word)
+        for pair in touched:
+            if counts[pair] > 0:
+                heapq.heappush(heap, (-counts[pair], pair))
+            else:
+                del counts[pair]
     return merges
+
+
+def _merge(parts: list[str], pair: tuple[str, str]) -> list[str]:
+    out, i = [], 0
+    while i < len(parts):
+        if i + 1 < len(parts) and (parts[i], parts[i + 1]) == pair:
+            out.append(parts[i] + parts[i + 1])
+            i += 2
+        else:
+            out.append(parts[i])
+            i += 1
+    return out
 
 
 def write_word_tokenizer(words: Iterable[str], directory: str | Path, max_length: int = 16) -> CLIPTokenizer:
@@ -45,15 +88,9 @@ def write_word_tokenizer(words: Iterable[str], directory: str | Path, max_length
     vocab_tokens: list[str] = []
     for c in chars:
         vocab_tokens += [c, c + "</w>"]
-    merges: list[tuple[str, str]] = []
-    for word in words:
-        if len(word) > 1:
-            for left, right in _merges_for(word):
-                merges.append((left, right))
-                vocab_tokens.append(left + right)
-    # Dedupe keeping first occurrence: the rank of a merge is its first position.
+    merges = learn_merges(words)
+    vocab_tokens += [a + b for a, b in merges]
     vocab_tokens = list(dict.fromkeys(vocab_tokens)) + [BOS, EOS]
-    merges = list(dict.fromkeys(merges))
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

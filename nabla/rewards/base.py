@@ -58,7 +58,8 @@ def register_reward(cls: R) -> R:
 def reward_options(cls: type[Reward]) -> dict[str, Any]:
     """The options a reward's constructor takes, with their defaults (inspect.Parameter.empty if required)."""
     params = inspect.signature(cls.__init__).parameters
-    return {n: p.default for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    named = (p for n, p in params.items() if n != "self")
+    return {p.name: p.default for p in named if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
 def build_reward(name: str, **options: Any) -> Reward:

@@ -66,7 +66,11 @@ class EmojiClassifier(nn.Module):
         for width in cfg.widths:
             for i in range(cfg.convs_per_block):
                 stride = 2 if i == 0 else 1
-                layers += [nn.Conv2d(channels, width, 3, stride, padding=1), nn.GroupNorm(cfg.groups, width), nn.SiLU()]
+                layers += [
+                    nn.Conv2d(channels, width, 3, stride, padding=1),
+                    nn.GroupNorm(cfg.groups, width),
+                    nn.SiLU(),
+                ]
                 channels = width
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(channels, len(cfg.classes))
@@ -79,7 +83,9 @@ class EmojiClassifier(nn.Module):
         size = self.cfg.image_size
         if images.shape[-2:] != (size, size):
             # other resolutions (e.g. decoded latents) are resampled to what the CNN was trained on
-            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            images = F.interpolate(
+                images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
         features = self.features(images * 2.0 - 1.0)
         return self.head(features.mean(dim=(2, 3)))  # global average: position-independent
 
@@ -262,7 +268,9 @@ class EmojiClass(Reward):
     def class_index(self, word: str) -> int:
         classes = self.classifier.classes
         if word not in classes:
-            raise ValueError(f"{word!r} is not an emoji_class category; known: {', '.join(classes)} (or 'prompt')")
+            raise ValueError(
+                f"{word!r} is not an emoji_class category; known: {', '.join(classes)} (or 'prompt')"
+            )
         return classes.index(word)
 
     def forward(self, samples: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor:

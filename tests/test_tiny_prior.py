@@ -1,0 +1,68 @@
+"""Pretraining the tiny prior end to end (a few steps) and drawing its grid from the CLI."""
+
+import json
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+from nabla.cli import main
+from nabla.models.sd import SDBackend
+from nabla.models.tiny import TinyPriorConfig, word_balanced_weights
+
+
+def test_word_balanced_weights_draw_every_word_equally():
+    captions = ["flag a", "flag b", "flag c", "red heart", "cat face"]
+    weights = word_balanced_weights(captions, ("flag", "heart", "cat"))
+    per_word = [weights[:3].sum(), weights[3], weights[4]]
+    assert torch.allclose(torch.stack(per_word), torch.ones(3, dtype=torch.float64))
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, openmoji_cache):
+    out = tmp_path_factory.mktemp("tiny_prior")
+    main(["pretrain", "--scale", "tiny", "--out", str(out), "--data-cache", str(openmoji_cache),
+          "--vae-steps", "3", "--unet-steps", "3", "--no-progress"])
+    return out
+
+
+def test_pretrain_writes_a_diffusers_pipeline_that_loads_offline(pretrained):
+    pipe = StableDiffusionPipeline.from_pretrained(pretrained, local_files_only=True, safety_checker=None)
+    assert pipe.unet.config.sample_size == 16 and pipe.vae.config.latent_channels == 4
+    assert pipe.vae.config.scaling_factor != 0.18215  # measured from the latents, not SD's constant
+    assert pipe.tokenizer.tokenize("cat heart") == ["cat</w>", "heart</w>"]
+    assert pipe.scheduler.config.steps_offset == 1 and not pipe.scheduler.config.set_alpha_to_one
+    config = json.loads((pretrained / "pretrain_config.json").read_text())
+    assert config["vae_steps"] == 3 and config["unet_steps"] == 3
+
+
+def test_pretrain_logs_both_stages(pretrained):
+    rows = (pretrained / "pretrain_log.csv").read_text().splitlines()
+    assert rows[0] == "stage,step,loss,seconds"
+    stages = [r.split(",")[0] for r in rows[1:]]
+    assert stages.count("vae") >= 2 and stages.count("unet") >= 2
+
+
+def test_scaling_factor_gives_unit_variance_latents(pretrained, openmoji_cache):
+    from nabla.models.tiny import encode_latents, to_tensor, training_set
+
+    backend = SDBackend.from_pretrained(pretrained)
+    data = training_set(TinyPriorConfig(), openmoji_cache)
+    mean, _ = encode_latents(backend.vae, to_tensor(data.images[:128]))
+    assert abs(float(mean.std() * backend.vae.config.scaling_factor) - 1.0) < 0.1
+
+
+def test_sample_command_writes_a_grid(pretrained, tmp_path):
+    out = tmp_path / "grid.png"
+    main(["sample", "--model", str(pretrained), "--prompts", "cat", "heart", "--seeds", "0", "1", "2",
+          "--steps", "2", "--out", str(out), "--credit"])
+    image = Image.open(out)
+    assert image.width > 3 * 32 * 3 and image.height >= 2 * 32 * 3
+
+
+def test_unknown_pretrain_key_is_named(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("unet_stepz: 3\n")
+    with pytest.raises(SystemExit, match="unknown TinyPriorConfig key.*unet_stepz"):
+        main(["pretrain", "--scale", "tiny", "--out", str(tmp_path / "p"), "--config", str(config)])
