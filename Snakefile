@@ -7,9 +7,16 @@ configfile: "config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/prior.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+localrules:
+    toy2d_tables,
 
 
 rule all:
     input:
         "results/tiny/prior_samples.png",
+        rules.toy2d_tables.output,
     default_target: True

@@ -115,6 +115,29 @@ def cmd_train_reward(args: argparse.Namespace) -> None:
     print(f"saved the learned reward to {path}")
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    _set_threads(args.threads)
+    from nabla.evaluation import evaluate_run
+
+    metrics = evaluate_run(args.run, args.out, beta=args.beta, num_samples=args.samples, prior_only=args.prior)
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}))
+
+
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    from nabla.report.tables import mean_std_table, summary_frame, write_tables
+
+    frame = summary_frame(args.metrics)
+    Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(args.summary, index=False)
+    seeds = frame.groupby(["reward", "method"])["seed"].nunique()
+    caption = (
+        f"{args.title}: mean ± std over {seeds.min()}–{seeds.max()} seeds"
+        if seeds.min() != seeds.max() else f"{args.title}: mean ± std over {seeds.min()} seeds"
+    )
+    written = write_tables(mean_std_table(frame, args.columns), args.table, caption)
+    print(f"wrote {args.summary} ({len(frame)} runs) and {', '.join(map(str, written))}")
+
+
 def cmd_data(args: argparse.Namespace) -> None:
     from nabla.data import openmoji, prompts
 
@@ -181,6 +204,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_train_reward)
+
+    p = commands.add_parser("evaluate", help="metrics of a finished run (or of its prior) on fixed seeds")
+    p.add_argument("--run", required=True, help="a finished run folder")
+    p.add_argument("--out", required=True, help="metrics JSON")
+    p.add_argument("--prior", action="store_true", help="evaluate the pretrained prior (adapter off) instead")
+    p.add_argument("--beta", type=float, required=True, help="toy2d: β of the exact target p#·exp(βr)")
+    p.add_argument("--samples", type=int, default=4000)
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("aggregate", help="per-run metrics JSONs → summary CSV and mean ± std tables")
+    p.add_argument("--metrics", nargs="+", required=True)
+    p.add_argument("--summary", required=True, help="CSV, one row per run")
+    p.add_argument("--table", required=True, help="table path stem: writes STEM.md and STEM.tex")
+    p.add_argument("--columns", nargs="+", required=True, help="metrics to tabulate")
+    p.add_argument("--title", default="Results")
+    p.set_defaults(func=cmd_aggregate)
 
     p = commands.add_parser("data", help="render OpenMoji to the cache and print how many images each tiny prompt covers")
     p.add_argument("--data-cache", default=DEFAULT_DATA_CACHE)

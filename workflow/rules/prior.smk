@@ -9,7 +9,7 @@ rule render_openmoji:
     conda:
         ENV
     shell:
-        "python -m nabla prompts --data-cache {output} > {log} 2>&1"
+        "python -m nabla data --data-cache {output} > {log} 2>&1"
 
 
 rule pretrain_tiny_prior:
@@ -21,7 +21,7 @@ rule pretrain_tiny_prior:
     log:
         "logs/tiny/pretrain_prior.log",
     params:
-        out=prior_dir("tiny"),
+        out=folder_of("model"),
         prior=config["tiny"]["prior"],
     threads: workflow.cores
     resources:
@@ -36,13 +36,13 @@ rule pretrain_tiny_prior:
 
 rule prior_samples:
     input:
-        rules.pretrain_tiny_prior.output.model,
+        model=rules.pretrain_tiny_prior.output.model,
     output:
         "results/tiny/prior_samples.png",
     log:
         "logs/tiny/prior_samples.log",
     params:
-        model=prior_dir("tiny"),
+        model=folder_of("model"),
         grid=config["tiny"]["prior_samples"],
     threads: workflow.cores
     conda:

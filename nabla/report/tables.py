@@ -1,0 +1,48 @@
+"""Per-run metrics → one summary CSV → mean ± std tables over seeds (Markdown and LaTeX)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+#: the order methods appear in every table and figure (reference row first)
+METHOD_ORDER = (
+    "pretrained", "residual_nabla_db", "nabla_db", "db_gflownet", "ddpo", "draft", "draft_lv", "refl",
+)
+
+
+def summary_frame(metric_files: Iterable[str | Path]) -> pd.DataFrame:
+    """One row per (scale, reward, method, seed); list-valued metrics are kept as JSON strings."""
+    rows = []
+    for path in metric_files:
+        metrics = json.loads(Path(path).read_text())
+        rows.append({k: json.dumps(v) if isinstance(v, list) else v for k, v in metrics.items()})
+    frame = pd.DataFrame(rows)
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    frame["_order"] = frame["method"].map(lambda m: order.get(m, len(order)))
+    return frame.sort_values(["scale", "reward", "_order", "seed"]).drop(columns="_order").reset_index(drop=True)
+
+
+def mean_std_table(frame: pd.DataFrame, columns: Sequence[str], digits: int = 3) -> pd.DataFrame:
+    """Rows (reward, method), cells 'mean ± std' over seeds (population std), plus the seed count."""
+    grouped = frame.groupby(["reward", "method"], sort=False)
+    table = pd.DataFrame({"seeds": grouped["seed"].nunique()})
+    for column in columns:
+        mean, std = grouped[column].mean(), grouped[column].std(ddof=0)
+        table[column] = [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(mean, std)]
+    return table.reset_index()
+
+
+def write_tables(table: pd.DataFrame, stem: str | Path, caption: str) -> list[Path]:
+    """`stem`.md and `stem`.tex; the caption states how many seeds each row averages."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    md = stem.with_suffix(".md")
+    md.write_text(f"{caption}\n\n{table.to_markdown(index=False)}\n")
+    tex = stem.with_suffix(".tex")
+    latex = table.to_latex(index=False, escape=True, caption=caption, label=f"tab:{stem.name}")
+    tex.write_text(latex.replace("±", r"$\pm$"))
+    return [md, tex]

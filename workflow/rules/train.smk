@@ -1,0 +1,37 @@
+# Fine-tune a prior: one job per (scale, reward, method, seed).
+
+
+rule pretrain_toy2d_prior:
+    output:
+        model=f"{prior_dir('toy2d')}/config.json",
+    log:
+        "logs/toy2d/pretrain_prior.log",
+    params:
+        out=folder_of("model"),
+        prior=config["toy2d"]["prior"],
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "python -m nabla pretrain --scale toy2d --out {params.out} --seed {params.prior[seed]}"
+        " --steps {params.prior[steps]} --threads {threads} > {log} 2>&1"
+
+
+rule train:
+    input:
+        prior=lambda w: prior_marker(w.scale),
+        config=lambda w: config[w.scale]["train_config"],
+    output:
+        done=f"{RUNS}/{{scale}}/{{reward}}/{{method}}/seed{{seed}}/done.json",
+    log:
+        "logs/{scale}/train/{reward}/{method}/seed{seed}.log",
+    params:
+        out=folder_of("done"),
+        prior=lambda w: prior_dir(w.scale),
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "python -m nabla train --method {wildcards.method} --reward {wildcards.reward}"
+        " --seed {wildcards.seed} --config {input.config} --model {params.prior} --out {params.out}"
+        " --threads {threads} --no-progress > {log} 2>&1"
