@@ -71,6 +71,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from nabla.report.grids import save_grid
     from nabla.sampling import sample_images
 
+    if args.with_prior and not args.lora:
+        raise SystemExit("error: --with-prior compares a fine-tuned model with its prior: give --lora")
     torch.manual_seed(0)
     backend = SDBackend.from_pretrained(args.model)
     if args.lora:
@@ -84,9 +86,17 @@ def cmd_sample(args: argparse.Namespace) -> None:
         labels = [f"{p} (fine-tune)" for p in FINETUNE_PROMPTS] + [f"{p} (held out)" for p in EVAL_PROMPTS]
     prompts = [p for p in args.prompts for _ in args.seeds]
     seeds = [s for _ in args.prompts for s in args.seeds]
-    images = sample_images(
+    draw = lambda: sample_images(  # noqa: E731
         backend, prompts, seeds, num_steps=args.steps, eta=args.eta, guidance_scale=args.guidance
     )
+    images = draw()
+    if args.with_prior:
+        # Same seeds, same noise: each prompt's prior row sits right above its fine-tuned row.
+        with backend.adapter(False):
+            prior = draw()
+        n = len(args.seeds)
+        images = torch.cat([torch.cat([prior[i : i + n], images[i : i + n]]) for i in range(0, len(images), n)])
+        labels = [f"{label} {kind}" for label in labels for kind in ("prior", "tuned")]
     footer = f"DDIM {args.steps} steps, eta={args.eta}, CFG {args.guidance}; seeds {args.seeds[0]}..{args.seeds[-1]}"
     if args.credit:
         footer += "; trained on OpenMoji (CC BY-SA 4.0)"
@@ -179,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--lora", help="folder holding pytorch_lora_weights.safetensors to apply")
     p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--with-prior", action="store_true", help="with --lora: a prior row above each fine-tuned row")
     p.add_argument("--credit", action="store_true", help="add the OpenMoji licence credit under the grid")
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int)

@@ -66,3 +66,32 @@ def test_unknown_pretrain_key_is_named(tmp_path):
     config.write_text("unet_stepz: 3\n")
     with pytest.raises(SystemExit, match="unknown TinyPriorConfig key.*unet_stepz"):
         main(["pretrain", "--scale", "tiny", "--out", str(tmp_path / "p"), "--config", str(config)])
+
+
+def test_sample_with_prior_puts_a_prior_row_above_each_tuned_row(pretrained, tmp_path):
+    backend = SDBackend.from_pretrained(pretrained)
+    backend.add_lora(rank=2)
+    with torch.no_grad():
+        for p in backend.lora_parameters():
+            p.add_(0.5)
+    backend.save_lora(tmp_path / "lora")
+    main(["sample", "--model", str(pretrained), "--prompts", "cat", "heart", "--seeds", "0", "1",
+          "--steps", "2", "--lora", str(tmp_path / "lora"), "--lora-rank", "2", "--with-prior",
+          "--out", str(tmp_path / "grid.png")])
+    rows = 4 * 3 * 32  # prior and tuned rows of two prompts, upscaled ×3
+    assert Image.open(tmp_path / "grid.png").height >= rows
+    with pytest.raises(SystemExit, match="give --lora"):
+        main(["sample", "--model", str(pretrained), "--with-prior", "--out", str(tmp_path / "x.png")])
+
+
+def test_a_rerun_reuses_the_finished_vae_stage_and_keeps_its_log(pretrained, openmoji_cache):
+    stage = json.loads((pretrained / "vae_stage.json").read_text())
+    assert stage["config"]["vae_steps"] == 3 and stage["heldout_psnr_db"] > 0
+    vae_rows = lambda: [r for r in (pretrained / "pretrain_log.csv").read_text().splitlines() if r.startswith("vae,")]  # noqa: E731
+    before = vae_rows()
+    weights = (pretrained / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+    main(["pretrain", "--scale", "tiny", "--out", str(pretrained), "--data-cache", str(openmoji_cache),
+          "--vae-steps", "3", "--unet-steps", "4", "--no-progress"])
+    assert vae_rows() == before  # not retrained, not logged twice
+    assert (pretrained / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == weights
+    assert json.loads((pretrained / "pretrain_config.json").read_text())["unet_steps"] == 4

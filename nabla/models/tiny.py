@@ -42,7 +42,7 @@ class TinyPriorConfig:
     heldout_fraction: float = 0.1
     # VAE
     vae_channels: tuple[int, ...] = (32, 64)
-    vae_steps: int = 700
+    vae_steps: int = 500
     vae_batch_size: int = 32
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
@@ -126,11 +126,11 @@ def ddim_scheduler(cfg: TinyPriorConfig) -> DDIMScheduler:
 
 
 # -- data ---------------------------------------------------------------------------------------
-def training_set(cfg: TinyPriorConfig, cache: Path) -> openmoji.OpenMojiSet:
-    """The training split restricted to emoji whose caption holds one of the prompt words."""
+def training_set(cfg: TinyPriorConfig, cache: Path, heldout: bool = False) -> openmoji.OpenMojiSet:
+    """The training (or held-out) split restricted to emoji whose caption holds a prompt word."""
     dataset = openmoji.load_openmoji(cache, size=cfg.image_size)
-    train, _ = openmoji.split(dataset, heldout_fraction=cfg.heldout_fraction, seed=cfg.seed)
-    return openmoji.tiny_subset(train, cfg.words)
+    splits = openmoji.split(dataset, heldout_fraction=cfg.heldout_fraction, seed=cfg.seed)
+    return openmoji.tiny_subset(splits[1] if heldout else splits[0], cfg.words)
 
 
 def word_balanced_weights(captions: list[str], words: tuple[str, ...]) -> torch.Tensor:
@@ -165,10 +165,12 @@ def _lr_lambda(warmup: int, total: int):
 class _Log:
     """Losses to CSV, one row per logged step, flushed so a crash loses nothing."""
 
-    def __init__(self, path: Path):
-        self.file = path.open("w", newline="")
+    def __init__(self, path: Path, append: bool = False):
+        append = append and path.exists()
+        self.file = path.open("a" if append else "w", newline="")
         self.writer = csv.writer(self.file)
-        self.writer.writerow(["stage", "step", "loss", "seconds"])
+        if not append:
+            self.writer.writerow(["stage", "step", "loss", "seconds"])
         self.start = time.perf_counter()
 
     def write(self, stage: str, step: int, loss: float) -> None:
@@ -279,18 +281,53 @@ def train_unet(
     return ema_unet.eval(), ema_text.eval()
 
 
+@torch.no_grad()
+def reconstruction_psnr(vae: AutoencoderKL, images: torch.Tensor) -> float:
+    """PSNR (dB, images in [0, 1]) of the VAE's mean reconstruction."""
+    recon = vae.decode(vae.encode(images).latent_dist.mean).sample
+    mse = F.mse_loss((recon.clamp(-1, 1) + 1) / 2, (images + 1) / 2).item()
+    return 10 * math.log10(1 / mse)
+
+
+VAE_KEYS = ("seed", "image_size", "words", "heldout_fraction", "vae_channels", "vae_steps", "vae_batch_size", "vae_lr", "vae_kl_weight")
+
+
+def _vae_settings(cfg: TinyPriorConfig) -> dict:
+    return {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k in VAE_KEYS}
+
+
+def finished_vae_stage(cfg: TinyPriorConfig, out: Path) -> bool:
+    """Whether `out` holds a VAE that an earlier run of the same VAE settings finished."""
+    marker = out / "vae_stage.json"
+    return marker.exists() and json.loads(marker.read_text())["config"] == _vae_settings(cfg)
+
+
+def vae_stage(cfg: TinyPriorConfig, out: Path, images, weights, heldout_images, log: _Log, progress: bool):
+    """Train the VAE, or reuse the one a previous (interrupted) run of the same config finished."""
+    if finished_vae_stage(cfg, out):
+        return AutoencoderKL.from_pretrained(out / "vae_stage").eval().requires_grad_(False)
+    vae = train_vae(cfg, images, weights, log, progress)
+    vae.save_pretrained(out / "vae_stage")
+    psnr = reconstruction_psnr(vae, heldout_images) if len(heldout_images) else float("nan")
+    (out / "vae_stage.json").write_text(
+        json.dumps({"config": _vae_settings(cfg), "heldout_psnr_db": round(psnr, 2)}, indent=1)
+    )
+    return vae
+
+
 def pretrain_tiny_prior(cfg: TinyPriorConfig, out: str | Path, data_cache: str | Path, progress: bool = True) -> Path:
-    """Pretrain the tiny prior and save it as a diffusers folder at `out`."""
+    """Pretrain the tiny prior and save it as a diffusers folder at `out` (a finished VAE stage is reused)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pretrain_config.json").write_text(json.dumps(asdict(cfg), indent=1))
     data = training_set(cfg, Path(data_cache))
+    heldout = training_set(cfg, Path(data_cache), heldout=True)
     images = to_tensor(data.images)
     weights = word_balanced_weights(data.captions, cfg.words)
     tokenizer = write_word_tokenizer(caption_words(data.captions), out / "tokenizer", cfg.max_prompt_tokens)
-    log = _Log(out / "pretrain_log.csv")
+    log = _Log(out / "pretrain_log.csv", append=finished_vae_stage(cfg, out))
     try:
-        vae = train_vae(cfg, images, weights, log, progress)
+        vae = vae_stage(cfg, out, images, weights, to_tensor(heldout.images), log, progress)
         mean, std = encode_latents(vae, images)
         # SD scales latents to unit variance; measure it rather than reuse SD's 0.18215.
         scaling = float(1.0 / mean.std())
