@@ -69,7 +69,9 @@ def evaluate_run(run_dir: str | Path, out: str | Path, beta: float, num_samples:
         **evaluate_toy2d(backend, cfg, beta, num_samples),
     }
     if not prior_only:
-        metrics["train_seconds"] = json.loads((Path(run_dir) / "done.json").read_text())["train_seconds"]
+        done = json.loads((Path(run_dir) / "done.json").read_text())
+        metrics["train_seconds"] = done["train_seconds"]
+        metrics["diverged_at"] = done.get("diverged_at")  # None: all updates ran
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(metrics, indent=1))
     return metrics

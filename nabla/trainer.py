@@ -65,6 +65,9 @@ class TrainConfig:
     checkpoint_every: int = 50  # updates
     log_every: int = 10  # updates between printed summaries
     device: str = "cpu"
+    # A NaN/inf reward, loss or gradient: "fail" the run, or "stop" it there and finish with the
+    # last finite weights, recording the divergence in done.json (a comparison keeps the result).
+    on_nonfinite: str = "fail"
     method_options: dict = field(default_factory=dict)
     reward_options: dict = field(default_factory=dict)
 
@@ -77,6 +80,8 @@ class TrainConfig:
         for name in ("lr", "flow_lr"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if self.on_nonfinite not in ("fail", "stop"):
+            raise ValueError(f"on_nonfinite must be 'fail' or 'stop', got {self.on_nonfinite!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
 
@@ -316,6 +321,40 @@ class Trainer:
         log.write(row)
         return row
 
+    def _round(self, train_log: _CsvLog, eval_log: _CsvLog, bar) -> None:
+        """One sampling round and its updates, then evaluation and checkpoint when due."""
+        cfg = self.cfg
+        start, step_before = time.perf_counter(), self.step
+        fresh = self._collect()
+        batch = self.pending if self.method.trains_on_previous_round and self.pending is not None else fresh
+        self.pending = fresh if self.method.trains_on_previous_round else None
+        plan = self.method.plan(batch, round_generator(cfg.seed, self.round))
+        for microbatches in plan:
+            if self.step >= cfg.updates:
+                break
+            lr = self._set_lr()
+            logs = self._update(microbatches)
+            self.step += 1
+            bar.update(1)
+            row = {
+                "step": self.step, "round": self.round,
+                "seconds": round(self.elapsed + time.perf_counter() - start, 3), "lr": lr,
+                "train_reward_mean": fresh.rewards.mean().item(), "train_reward_std": fresh.rewards.std(correction=0).item(),
+                **logs,
+            }
+            train_log.write(row)
+            if self.step % cfg.log_every == 0 or self.step == cfg.updates:
+                bar.write(
+                    f"update {self.step}/{cfg.updates}  reward {row['train_reward_mean']:.4g}"
+                    f" ± {row['train_reward_std']:.3g}  loss {logs['loss']:.4g}"
+                )
+        self.round += 1
+        self.elapsed += time.perf_counter() - start
+        if cfg.eval_every and self.step // cfg.eval_every > step_before // cfg.eval_every and self.step < cfg.updates:
+            self._log_eval(eval_log)
+        if self.step // cfg.checkpoint_every > step_before // cfg.checkpoint_every or self.step >= cfg.updates:
+            self.save_checkpoint()
+
     # -- run ----------------------------------------------------------------------------------
     def run(self) -> dict:
         if (self.out / "done.json").exists():
@@ -328,37 +367,15 @@ class Trainer:
             self._log_eval(eval_log)
         cfg = self.cfg
         bar = tqdm(total=cfg.updates, initial=self.step, desc=f"{cfg.method}/{cfg.reward}/s{cfg.seed}", disable=not self.progress)
-        while self.step < cfg.updates:
-            start, step_before = time.perf_counter(), self.step
-            fresh = self._collect()
-            batch = self.pending if self.method.trains_on_previous_round and self.pending is not None else fresh
-            self.pending = fresh if self.method.trains_on_previous_round else None
-            plan = self.method.plan(batch, round_generator(cfg.seed, self.round))
-            for microbatches in plan:
-                if self.step >= cfg.updates:
-                    break
-                lr = self._set_lr()
-                logs = self._update(microbatches)
-                self.step += 1
-                bar.update(1)
-                row = {
-                    "step": self.step, "round": self.round,
-                    "seconds": round(self.elapsed + time.perf_counter() - start, 3), "lr": lr,
-                    "train_reward_mean": fresh.rewards.mean().item(), "train_reward_std": fresh.rewards.std(correction=0).item(),
-                    **logs,
-                }
-                train_log.write(row)
-                if self.step % cfg.log_every == 0 or self.step == cfg.updates:
-                    bar.write(
-                        f"update {self.step}/{cfg.updates}  reward {row['train_reward_mean']:.4g}"
-                        f" ± {row['train_reward_std']:.3g}  loss {logs['loss']:.4g}"
-                    )
-            self.round += 1
-            self.elapsed += time.perf_counter() - start
-            if cfg.eval_every and self.step // cfg.eval_every > step_before // cfg.eval_every and self.step < cfg.updates:
-                self._log_eval(eval_log)
-            if self.step // cfg.checkpoint_every > step_before // cfg.checkpoint_every or self.step >= cfg.updates:
-                self.save_checkpoint()
+        diverged = None
+        while self.step < cfg.updates and diverged is None:
+            try:
+                self._round(train_log, eval_log, bar)
+            except NonFiniteError as error:
+                if cfg.on_nonfinite == "fail":
+                    raise
+                diverged = {"diverged_at": self.step + 1, "diverged": str(error)}
+                bar.write(f"stopping: {error}")
         bar.close()
         final_eval = self._log_eval(eval_log)
         final = self.out / "final"
@@ -366,5 +383,6 @@ class Trainer:
         for name, module in self.method.modules().items():
             save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(final / f"{name}.safetensors"))
         summary = {"step": self.step, "rounds": self.round, "train_seconds": round(self.elapsed, 2), **final_eval}
+        summary.update(diverged or {})
         (self.out / "done.json").write_text(json.dumps(summary, indent=1))
         return summary

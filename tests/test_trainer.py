@@ -193,3 +193,13 @@ def test_density_based_methods_refuse_a_deterministic_sampler(toy_prior_dir, tmp
                      sampler={"num_steps": 4, "eta": 0.0, "guidance_scale": 1.0})
     with pytest.raises(ValueError, match=f"{method} needs a stochastic sampler"):
         Trainer(cfg, tmp_path)
+
+
+def test_stop_on_nonfinite_finishes_with_the_last_finite_weights(toy_prior_dir, tmp_path):
+    trainer = Trainer(toy_config(toy_prior_dir, checkpoint_every=1, eval_every=0, on_nonfinite="stop"), tmp_path, progress=False)
+    trainer.method.reward = NaNAtRound(trainer.method.reward, bad_call=5)  # NaN before update 4
+    summary = trainer.run()
+    assert summary["step"] == 3 and summary["diverged_at"] == 4
+    assert "non-finite" in summary["diverged"]
+    final = load_file(str(tmp_path / "final" / "adapter_model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in final.values())

@@ -54,7 +54,7 @@ class TinyPriorConfig:
     # UNet
     unet_channels: tuple[int, ...] = (32, 64, 64)
     unet_layers_per_block: int = 1
-    unet_steps: int = 2000
+    unet_steps: int = 1000
     unet_batch_size: int = 64
     unet_lr: float = 1e-3
     warmup_steps: int = 100

@@ -30,6 +30,8 @@ def mean_std_table(frame: pd.DataFrame, columns: Sequence[str], digits: int = 3)
     """Rows (reward, method), cells 'mean ± std' over seeds (population std), plus the seed count."""
     grouped = frame.groupby(["reward", "method"], sort=False)
     table = pd.DataFrame({"seeds": grouped["seed"].nunique()})
+    if "diverged_at" in frame:  # runs stopped by a NaN/inf (their last finite weights are evaluated)
+        table["diverged"] = grouped["diverged_at"].count()
     for column in columns:
         mean, std = grouped[column].mean(), grouped[column].std(ddof=0)
         table[column] = [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(mean, std)]
