@@ -134,7 +134,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
-    from nabla.report.tables import mean_std_table, summary_frame, write_tables
+    from nabla.report.tables import mean_std_table, mean_vector_table, summary_frame, write_tables
 
     frame = summary_frame(args.metrics)
     Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
@@ -145,6 +145,11 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
         if seeds.min() != seeds.max() else f"{args.title}: mean ± std over {seeds.min()} seeds"
     )
     written = write_tables(mean_std_table(frame, args.columns), args.table, caption)
+    for column in args.vector_columns:
+        reference = f"target_{column}" if f"target_{column}" in frame else None
+        written += write_tables(
+            mean_vector_table(frame, column, reference), f"{args.table}_{column}", f"{caption}; {column}"
+        )
     print(f"wrote {args.summary} ({len(frame)} runs) and {', '.join(map(str, written))}")
 
 
@@ -230,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", required=True, help="CSV, one row per run")
     p.add_argument("--table", required=True, help="table path stem: writes STEM.md and STEM.tex")
     p.add_argument("--columns", nargs="+", required=True, help="metrics to tabulate")
+    p.add_argument("--vector-columns", nargs="*", default=[], help="list metrics (e.g. masses): a table each, STEM_NAME.md")
     p.add_argument("--title", default="Results")
     p.set_defaults(func=cmd_aggregate)
 

@@ -55,3 +55,17 @@ def test_aggregate_writes_summary_and_mean_std_tables(toy_run, tmp_path):
     assert "0.200 ± 0.100" in table  # mean 0.2, population std 0.1
     assert "0.200 $\\pm$ 0.100" in (tmp_path / "table.tex").read_text()
     assert len((tmp_path / "summary.csv").read_text().splitlines()) == 3
+
+
+def test_vector_metrics_are_averaged_per_entry_beside_the_exact_reference():
+    import pandas as pd
+
+    from nabla.report.tables import mean_vector_table
+
+    frame = pd.DataFrame({
+        "reward": ["linear"] * 2, "method": ["ddpo"] * 2, "seed": [0, 1],
+        "masses": ["[0.2, 0.8]", "[0.4, 0.6]"], "target_masses": ["[0.5, 0.5]"] * 2,
+    })
+    table = mean_vector_table(frame, "masses", reference="target_masses")
+    assert table["method"].tolist() == ["exact target", "ddpo"]
+    assert table["masses[0]"].tolist() == [0.5, 0.3] and table["masses[1]"].tolist() == [0.5, 0.7]

@@ -26,6 +26,11 @@ def summary_frame(metric_files: Iterable[str | Path]) -> pd.DataFrame:
     return frame.sort_values(["scale", "reward", "_order", "seed"]).drop(columns="_order").reset_index(drop=True)
 
 
+def _number(value: float, digits: int) -> str:
+    """Fixed point, or 3 significant digits for a diverged run's astronomic values."""
+    return f"{value:.{digits}f}" if abs(value) < 1e4 else f"{value:.3g}"
+
+
 def mean_std_table(frame: pd.DataFrame, columns: Sequence[str], digits: int = 3) -> pd.DataFrame:
     """Rows (reward, method), cells 'mean ± std' over seeds (population std), plus the seed count."""
     grouped = frame.groupby(["reward", "method"], sort=False)
@@ -34,8 +39,26 @@ def mean_std_table(frame: pd.DataFrame, columns: Sequence[str], digits: int = 3)
         table["diverged"] = grouped["diverged_at"].count()
     for column in columns:
         mean, std = grouped[column].mean(), grouped[column].std(ddof=0)
-        table[column] = [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(mean, std)]
+        table[column] = [f"{_number(m, digits)} ± {_number(s, digits)}" for m, s in zip(mean, std)]
     return table.reset_index()
+
+
+def mean_vector_table(frame: pd.DataFrame, column: str, reference: str | None = None, digits: int = 3) -> pd.DataFrame:
+    """Rows (reward, method), one cell per vector entry (e.g. mass per mixture component), mean over seeds.
+
+    `reference` names a vector column that is the same for every run (e.g. the exact target
+    masses); it is added as a first row per reward.
+    """
+    vectors = frame[column].map(json.loads)
+    width = len(vectors.iloc[0])
+    entries = pd.DataFrame(vectors.tolist(), columns=[f"{column}[{i}]" for i in range(width)], index=frame.index)
+    table = pd.concat([frame[["reward", "method"]], entries], axis=1).groupby(["reward", "method"], sort=False).mean()
+    if reference:
+        exact = frame.groupby("reward", sort=False)[reference].first().map(json.loads)
+        rows = pd.DataFrame(exact.tolist(), columns=table.columns, index=pd.MultiIndex.from_tuples(
+            [(reward, "exact target") for reward in exact.index], names=["reward", "method"]))
+        table = pd.concat([rows, table])
+    return table.round(digits).reset_index()
 
 
 def write_tables(table: pd.DataFrame, stem: str | Path, caption: str) -> list[Path]:

@@ -7,6 +7,7 @@ rule toy2d_tables:
     output:
         summary="results/toy2d/summary.csv",
         table=multiext("results/toy2d/table", ".md", ".tex"),
+        masses=multiext("results/toy2d/table_masses", ".md", ".tex"),
     log:
         "logs/toy2d/tables.log",
     params:
@@ -16,4 +17,4 @@ rule toy2d_tables:
     shell:
         "python -m nabla aggregate --metrics {input} --summary {output.summary} --table {params.stem}"
         " --columns reward_mean energy_distance_target mass_tv_target energy_distance_prior"
-        " --title 'toy2d, exact target p#·exp(βr)' > {log} 2>&1"
+        " --vector-columns masses --title 'toy2d, exact target p#·exp(βr)' > {log} 2>&1"
