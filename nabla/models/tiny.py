@@ -165,13 +165,20 @@ def _lr_lambda(warmup: int, total: int):
 class _Log:
     """Losses to CSV, one row per logged step, flushed so a crash loses nothing."""
 
-    def __init__(self, path: Path, append: bool = False):
-        append = append and path.exists()
-        self.file = path.open("a" if append else "w", newline="")
+    HEADER = ["stage", "step", "loss", "seconds"]
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = path.open("w", newline="")
         self.writer = csv.writer(self.file)
-        if not append:
-            self.writer.writerow(["stage", "step", "loss", "seconds"])
+        self.writer.writerow(self.HEADER)
         self.start = time.perf_counter()
+
+    def copy_rows(self, other: Path) -> None:
+        """Append the rows of another log of this format (a reused stage's)."""
+        with other.open() as f:
+            self.writer.writerows(list(csv.reader(f))[1:])
+        self.file.flush()
 
     def write(self, stage: str, step: int, loss: float) -> None:
         self.writer.writerow([stage, step, f"{loss:.6g}", f"{time.perf_counter() - self.start:.2f}"])
@@ -302,17 +309,23 @@ def finished_vae_stage(cfg: TinyPriorConfig, out: Path) -> bool:
     return marker.exists() and json.loads(marker.read_text())["config"] == _vae_settings(cfg)
 
 
-def vae_stage(cfg: TinyPriorConfig, out: Path, images, weights, heldout_images, log: _Log, progress: bool):
-    """Train the VAE, or reuse the one a previous (interrupted) run of the same config finished."""
-    if finished_vae_stage(cfg, out):
-        return AutoencoderKL.from_pretrained(out / "vae_stage").eval().requires_grad_(False)
-    vae = train_vae(cfg, images, weights, log, progress)
-    vae.save_pretrained(out / "vae_stage")
-    psnr = reconstruction_psnr(vae, heldout_images) if len(heldout_images) else float("nan")
-    (out / "vae_stage.json").write_text(
-        json.dumps({"config": _vae_settings(cfg), "heldout_psnr_db": round(psnr, 2)}, indent=1)
-    )
-    return vae
+def vae_stage(cfg: TinyPriorConfig, out: Path, images, weights, heldout_images, progress: bool):
+    """Train the VAE, or reuse the one a previous (interrupted) run of the same config finished.
+
+    The stage keeps its own loss log (vae_stage/losses.csv), so a rerun's log still holds it.
+    """
+    if not finished_vae_stage(cfg, out):
+        stage_log = _Log(out / "vae_stage" / "losses.csv")
+        try:
+            vae = train_vae(cfg, images, weights, stage_log, progress)
+        finally:
+            stage_log.close()
+        vae.save_pretrained(out / "vae_stage")
+        psnr = reconstruction_psnr(vae, heldout_images) if len(heldout_images) else float("nan")
+        (out / "vae_stage.json").write_text(
+            json.dumps({"config": _vae_settings(cfg), "heldout_psnr_db": round(psnr, 2)}, indent=1)
+        )
+    return AutoencoderKL.from_pretrained(out / "vae_stage").eval().requires_grad_(False)
 
 
 def pretrain_tiny_prior(cfg: TinyPriorConfig, out: str | Path, data_cache: str | Path, progress: bool = True) -> Path:
@@ -325,9 +338,10 @@ def pretrain_tiny_prior(cfg: TinyPriorConfig, out: str | Path, data_cache: str |
     images = to_tensor(data.images)
     weights = word_balanced_weights(data.captions, cfg.words)
     tokenizer = write_word_tokenizer(caption_words(data.captions), out / "tokenizer", cfg.max_prompt_tokens)
-    log = _Log(out / "pretrain_log.csv", append=finished_vae_stage(cfg, out))
+    vae = vae_stage(cfg, out, images, weights, to_tensor(heldout.images), progress)
+    log = _Log(out / "pretrain_log.csv")
+    log.copy_rows(out / "vae_stage" / "losses.csv")
     try:
-        vae = vae_stage(cfg, out, images, weights, to_tensor(heldout.images), log, progress)
         mean, std = encode_latents(vae, images)
         # SD scales latents to unit variance; measure it rather than reuse SD's 0.18215.
         scaling = float(1.0 / mean.std())
