@@ -9,9 +9,11 @@ energy distance (ED) and, for mixtures, by the total variation of the per-mode m
   and untilted mixtures) in place of g_φ: the forward loss alone must bring the policy to the
   linear-tilted target, up to the 50-step discretisation floor;
 * residual ∇-DB with the learned g_φ: far closer to the tilted target than the prior is;
-* plain ∇-DB with a quadratic reward: close to its reward-only target N(c, I/β).
 
-Bounds were set from repeated runs (seeds 0–4, see each test) with margin; the metrics' own
+(Plain ∇-DB toward its reward-only target N(c, I/β) is not tested yet: with c = (4, 0), β = 2 and
+the settings of the learned-g_φ test it reached ED 1.01 from the prior's 3.66 in 300 updates.)
+
+The exact-flow bounds were set from repeated runs (seeds 0–4) with margin; the metrics' own
 sampling noise at 4,000 points is about ±0.003 (ED) and ±0.01 (TV).
 """
 
@@ -24,9 +26,7 @@ import torch
 
 from nabla.data.toy2d import (
     GaussianMixture,
-    QuadraticReward,
     circle_mixture,
-    reward_only_target,
     tilt_linear,
 )
 from nabla.gflownet import ResidualNablaDB
@@ -143,3 +143,24 @@ def test_forward_loss_with_the_exact_flow_reaches_the_tilted_target(good_prior_d
     ed = energy_distance(x, exact_samples(LINEAR_TARGET))
     tv = mass_tv(x, LINEAR_TARGET, LINEAR_TARGET.weights)
     assert ed < 0.02 and tv < 0.06, f"ED {ed:.4f}, TV {tv:.4f}"
+
+
+def test_residual_nabla_db_with_learned_flow_lands_near_the_tilted_target(good_prior_dir, tmp_path):
+    """The paper's method end to end: learned g_φ, forward and reverse losses, σ_t² weighting.
+
+    The prior sits at ED ≈ 1.34 (exact), TV 0.42 from this target; the bounds are the issue's
+    (ED < 0.3, TV < 0.22). Settings from a one-thread sweep (lr 2e-3, w_B = 10: ED ≈ 0.05–0.07);
+    it passed on its one run here, so its margin across seeds is not yet measured.
+    """
+    trainer = train(
+        good_prior_dir, tmp_path, "residual_nabla_db", "linear", {"w": list(W)},
+        dict(reward_scale=BETA, reverse_loss_weight=10.0, output_reg=0.0, weighting="sigma2",
+             transition_fraction=0.25, train_on_previous_round=False, microbatch_size=4096),
+        updates=300, trajectories_per_round=256, lr=2e-3, flow_lr=2e-3,
+    )
+    x = sample(trainer)
+    ed = energy_distance(x, exact_samples(LINEAR_TARGET))
+    tv = mass_tv(x, LINEAR_TARGET, LINEAR_TARGET.weights)
+    prior_ed = mixture_energy_distance(PRIOR, LINEAR_TARGET)
+    assert ed < 0.3 and tv < 0.22 and ed < prior_ed / 4, f"ED {ed:.4f}, TV {tv:.4f} (prior {prior_ed:.3f})"
+
