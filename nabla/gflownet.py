@@ -43,7 +43,10 @@ class NablaDBOptions:
     reverse_trains_policy: bool = False  # release: the reverse score carries no graph to θ
     no_flow: bool = False  # g_φ ≡ 0 and w_B = 0
     gamma_mode: str = "squared"  # γ_t = ᾱ_t ("squared") or √ᾱ_t ("sqrt")
-    output_reg: float = 1e3  # λ on ‖ε̂_θ − ε̂_old‖² (release: 1e3 default, 1e2–2e3 by reward)
+    # λ on ‖ε̂_θ − ε̂_old‖² (release: 1e3 default, 1e2–2e3 by reward). ε̂_old is the output stored
+    # at sampling time, so the term only acts off-policy: training on the previous round, or
+    # after the first of several updates per round; on-policy with one update its gradient is 0.
+    output_reg: float = 1e3
     weighting: str = "score"  # "score" (release) or "sigma2" (σ_t²-weighted, the kernels' KL)
     reduction: str = "mean"  # squared residuals averaged over elements, as the release
     transition_fraction: float = 0.1  # of each trajectory's transitions, the last always included
