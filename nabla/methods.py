@@ -122,6 +122,8 @@ class Transitions:
 
 def gather_transitions(batch: Rollouts, traj_index: torch.Tensor, step_index: torch.Tensor) -> Transitions:
     tr = batch.trajectory
+    # Everything a loss touches lives where the latents do (the model's device).
+    traj_index, step_index = traj_index.to(tr.latents.device), step_index.to(tr.latents.device)
     return Transitions(
         x_t=tr.latents[step_index, traj_index],
         x_prev=tr.latents[step_index + 1, traj_index],

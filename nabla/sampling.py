@@ -106,8 +106,8 @@ def rollout(
         return x
     return Trajectory(
         latents=torch.stack(latents),
-        timesteps=torch.tensor([p[0] for p in pairs]),
-        prev_timesteps=torch.tensor([p[1] for p in pairs]),
+        timesteps=torch.tensor([p[0] for p in pairs], device=device),
+        prev_timesteps=torch.tensor([p[1] for p in pairs], device=device),
         model_outputs=torch.stack(outputs),
         log_probs=torch.stack(log_probs),
     )

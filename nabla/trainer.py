@@ -257,7 +257,7 @@ class Trainer:
         self.method.load_state_dict(load_file(str(folder / "method_state.safetensors")))
         if state["pending_prompts"] is not None:
             self.pending = Rollouts.from_state_dict(
-                load_file(str(folder / "pending.safetensors")), state["pending_prompts"]
+                load_file(str(folder / "pending.safetensors"), device=self.cfg.device), state["pending_prompts"]
             )
         self.step, self.round, self.elapsed = state["step"], state["round"], state["elapsed_seconds"]
         return True
