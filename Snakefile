@@ -2,7 +2,15 @@
 # Default: the tiny Stable-Diffusion-shaped prior, pretrained here on CPU from OpenMoji.
 
 
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
 configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"

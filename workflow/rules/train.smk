@@ -29,6 +29,8 @@ rule train:
         out=folder_of("done"),
         prior=lambda w: prior_dir(w.scale),
     threads: 1
+    resources:
+        gpu=lambda w: int(w.scale == "sd15"),
     conda:
         ENV
     shell:

@@ -1,0 +1,77 @@
+"""The Snakemake layer: config schema (defaults, enums that match the registries) and profiles."""
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from nabla.methods import available_methods
+from nabla.rewards import REWARDS
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+
+
+def default_config() -> dict:
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def test_schema_method_enum_is_the_method_registry():
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    assert sorted(schema["$defs"]["method"]["enum"]) == available_methods()
+
+
+def test_schema_toy2d_rewards_are_registered():
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    assert set(schema["properties"]["toy2d"]["properties"]["rewards"]["items"]["enum"]) <= set(REWARDS)
+
+
+def test_default_config_validates_and_missing_keys_get_defaults():
+    config = default_config()
+    validate(copy.deepcopy(config), SCHEMA)
+    del config["toy2d"]["evaluation"], config["tiny"]["prior"]["unet_steps"]
+    validate(config, SCHEMA)
+    assert config["toy2d"]["evaluation"] == {"beta": 0.5, "samples": 4000}
+    assert config["tiny"]["prior"]["unet_steps"] == 1000
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["toy2d"].update(methods=["residual_nabla_db", "dpo"]), "'dpo' is not one of"),
+        (lambda c: c["toy2d"].update(seeds=[]), "should be non-empty|is too short"),
+        (lambda c: c["tiny"]["prior"].update(unet_step=10), "Additional properties"),
+        (lambda c: c["toy2d"]["evaluation"].update(beta=0), "less than or equal to the minimum|exclusiveMinimum"),
+    ],
+)
+def test_bad_config_is_refused_with_the_offending_value(edit, message):
+    config = default_config()
+    edit(config)
+    with pytest.raises(WorkflowError, match=message):
+        validate(config, SCHEMA)
+
+
+def dry_run(*args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--nolock", "--forceall", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_slurm_profile_dry_run_shows_each_jobs_resources():
+    out = dry_run("--profile", "profiles/slurm")
+    train = out.split("rule train:")[1].split("Shell command")[0]
+    assert "slurm_partition=gpu" in train and "runtime=720" in train and "gpu=0" in train
+
+
+@pytest.mark.slow
+def test_local_profile_dry_run_plans_the_default_workflow():
+    out = dry_run("--profile", "profiles/local")
+    assert "pretrain_tiny_prior" in out and "toy2d_tables" in out
