@@ -21,10 +21,14 @@ include: "workflow/rules/report.smk"
 
 localrules:
     toy2d_tables,
+    toy2d_curves,
+    toy2d_figures,
+    figures,
 
 
 rule all:
     input:
         "results/tiny/prior_samples.png",
         rules.toy2d_tables.output,
+        rules.figures.input,
     default_target: True

@@ -153,6 +153,24 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     print(f"wrote {args.summary} ({len(frame)} runs) and {', '.join(map(str, written))}")
 
 
+def cmd_curves(args: argparse.Namespace) -> None:
+    from nabla.report.curves import collect_curves
+
+    curves = collect_curves(args.runs)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    curves.to_csv(args.out, index=False)
+    print(f"wrote {args.out} ({len(curves)} rows from {len(args.runs)} runs)")
+
+
+def cmd_figures(args: argparse.Namespace) -> None:
+    from nabla.report.figures import toy2d_figures
+
+    if args.scale != "toy2d":
+        raise SystemExit(f"error: figures of the {args.scale} scale are not written yet; toy2d only")
+    written = toy2d_figures(args.results)
+    print("wrote " + ", ".join(map(str, written)))
+
+
 def cmd_data(args: argparse.Namespace) -> None:
     from nabla.data import openmoji, prompts
 
@@ -251,6 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vector-columns", nargs="*", default=[], help="list metrics (e.g. masses): a table each, STEM_NAME.md")
     p.add_argument("--title", default="Results")
     p.set_defaults(func=cmd_aggregate)
+
+    p = commands.add_parser("curves", help="finished runs' evaluation logs → one curves CSV")
+    p.add_argument("--runs", nargs="+", required=True, help="finished run folders")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_curves)
+
+    p = commands.add_parser("figures", help="draw a scale's figures from its cached results (PNG and PDF)")
+    p.add_argument("--scale", default="toy2d", choices=["toy2d", "tiny", "sd15"])
+    p.add_argument("--results", required=True, help="results/<scale>: summary.csv, curves.csv, metrics/")
+    p.set_defaults(func=cmd_figures)
 
     p = commands.add_parser("smoke", help="time a few updates at a scale's real shapes (sd15: random weights if not cached)")
     p.add_argument("--scale", choices=["sd15", "tiny-random"], default="sd15")

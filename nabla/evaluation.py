@@ -13,13 +13,15 @@ from pathlib import Path
 import torch
 import yaml
 
-from nabla.metrics.toy2d import component_masses, energy_distance, mass_tv
+from nabla.metrics.toy2d import component_masses, distances_to_target, energy_distance
 from nabla.rewards import build_reward
 from nabla.sampling import rollout
 from nabla.trainer import TrainConfig, build_backend, options_from_dict
 
 #: seeds of evaluation samples: the same for every method, never used in training (see round_seeds)
 EVAL_SEED_OFFSET = 0
+#: samples stored in a metrics file for the sample figures (small enough to commit)
+PLOT_SAMPLES = 400
 
 
 def load_run(run_dir: str | Path, prior_only: bool = False):
@@ -43,19 +45,20 @@ def evaluate_toy2d(backend, cfg: TrainConfig, beta: float, num_samples: int, see
     target = reward.exact_target(backend.mixture, beta)
     seeds = [EVAL_SEED_OFFSET + i for i in range(num_samples)]
     x = rollout(backend, [""] * num_samples, seeds, cfg.sampler.num_steps, cfg.sampler.eta, cfg.sampler.guidance_scale)
-    generator = torch.Generator().manual_seed(seed)
-    target_samples, _ = target.sample(num_samples, generator)
-    prior_samples, _ = backend.mixture.sample(num_samples, generator)
+    prior_samples, _ = backend.mixture.sample(num_samples, torch.Generator().manual_seed(seed + 1))
     masses = component_masses(x, backend.mixture)
     return {
         "reward_mean": reward(x, None).mean().item(),
-        "energy_distance_target": energy_distance(x.double(), target_samples),
+        **distances_to_target(x, backend.mixture, target, seed),
         "energy_distance_prior": energy_distance(x.double(), prior_samples),
-        "mass_tv_target": mass_tv(x, backend.mixture, target.weights),
         "masses": [round(float(m), 4) for m in masses],
         "target_masses": [round(float(w), 4) for w in target.weights],
         "num_samples": num_samples,
         "beta": beta,
+        # for the figures: the exact target's density and a few of the samples drawn against it
+        "target": {k: [[round(v, 5) for v in row] if isinstance(row, list) else round(row, 5) for row in rows]
+                   for k, rows in target.to_dict().items()},
+        "samples": [[round(float(a), 3), round(float(b), 3)] for a, b in x[:PLOT_SAMPLES].tolist()],
     }
 
 

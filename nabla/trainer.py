@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from nabla.methods import Method, Rollouts, SamplerConfig, method_class, options_from_dict
+from nabla.metrics.toy2d import distances_to_target
 from nabla.models.base import DiffusionBackend
 from nabla.rewards import build_reward
 
@@ -54,6 +55,9 @@ class TrainConfig:
     eval_prompts: tuple[str, ...] = ("smiling", "moon", "star", "circle")
     eval_samples_per_prompt: int = 8
     eval_every: int = 25  # updates; 0 = only at start and end
+    # toy2d: also log the distance of the evaluation samples to the exact target p#·exp(βr) for
+    # this β (rewards with a closed-form tilt only), so curves show convergence, not only reward.
+    eval_target_beta: float | None = None
     lora_rank: int = 8
     lora_alpha: float | None = None  # default: = rank
     lr: float = 1e-3
@@ -184,6 +188,11 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.backend = build_backend(cfg)
         self.reward = build_reward(cfg.reward, **cfg.reward_options).to(cfg.device)
+        if cfg.eval_target_beta is not None and not (cfg.scale == "toy2d" and hasattr(self.reward, "exact_target")):
+            raise ValueError(
+                f"eval_target_beta needs the toy2d scale and a reward with an exact tilted target; "
+                f"got scale '{cfg.scale}', reward '{cfg.reward}'"
+            )
         cls = method_class(cfg.method)
         self.method: Method = cls(
             options_from_dict(cls.Options, cfg.method_options), self.backend, self.reward, cfg.sampler
@@ -314,7 +323,12 @@ class Trainer:
         prompts = [p for p in self.cfg.eval_prompts for _ in range(k)]
         seeds = [s for _ in self.cfg.eval_prompts for s in range(k)]
         batch = self.method.collect(prompts, seeds)
-        return {"eval_reward_mean": batch.rewards.mean().item(), "eval_reward_std": batch.rewards.std(correction=0).item()}
+        row = {"eval_reward_mean": batch.rewards.mean().item(), "eval_reward_std": batch.rewards.std(correction=0).item()}
+        if self.cfg.eval_target_beta is not None:
+            prior = self.backend.mixture
+            target = self.reward.exact_target(prior, self.cfg.eval_target_beta)
+            row.update(distances_to_target(batch.trajectory.x0, prior, target))
+        return row
 
     def _log_eval(self, log: _CsvLog) -> dict[str, float]:
         row = {"step": self.step, "seconds": round(self.elapsed, 3), **self.evaluate()}

@@ -203,3 +203,21 @@ def test_stop_on_nonfinite_finishes_with_the_last_finite_weights(toy_prior_dir, 
     assert "non-finite" in summary["diverged"]
     final = load_file(str(tmp_path / "final" / "adapter_model.safetensors"))
     assert all(torch.isfinite(v).all() for v in final.values())
+
+
+def test_toy2d_evaluation_logs_the_distance_to_the_exact_target(toy_prior_dir, tmp_path):
+    Trainer(toy_config(toy_prior_dir, eval_target_beta=0.5), tmp_path, progress=False).run()
+    import pandas as pd
+
+    log = pd.read_csv(tmp_path / "eval_log.csv")
+    assert list(log["step"]) == [0, 3, 6]
+    # the prior is far from the tilted target (ED ≈ 1.3 for the true mixture), and TV is a fraction
+    assert log["energy_distance_target"].iloc[0] > 0.5
+    assert ((log["mass_tv_target"] > 0) & (log["mass_tv_target"] < 1)).all()
+
+
+def test_eval_target_beta_needs_a_reward_with_an_exact_target(random_sd_dir, tmp_path):
+    cfg = TrainConfig(scale="tiny", model=str(random_sd_dir), reward="colorfulness", eval_target_beta=0.5,
+                      updates=1, trajectories_per_round=2)
+    with pytest.raises(ValueError, match="eval_target_beta needs the toy2d scale.*colorfulness"):
+        Trainer(cfg, tmp_path)

@@ -75,3 +75,8 @@ def test_slurm_profile_dry_run_shows_each_jobs_resources():
 def test_local_profile_dry_run_plans_the_default_workflow():
     out = dry_run("--profile", "profiles/local")
     assert "pretrain_tiny_prior" in out and "toy2d_tables" in out
+
+
+def test_toy2d_training_curves_measure_against_the_evaluated_target():
+    train = yaml.safe_load((ROOT / default_config()["toy2d"]["train_config"]).read_text())
+    assert train["eval_target_beta"] == default_config()["toy2d"]["evaluation"]["beta"]

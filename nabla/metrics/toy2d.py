@@ -89,3 +89,16 @@ def mass_tv(x: torch.Tensor, mixture: GaussianMixture, target_weights: torch.Ten
     masses = component_masses(x, mixture)
     target = torch.as_tensor(target_weights, dtype=torch.float64)
     return float(0.5 * (masses - target).abs().sum())
+
+
+def distances_to_target(x: torch.Tensor, prior: GaussianMixture, target: GaussianMixture, seed: int = 0) -> dict:
+    """ED from `x` to a sample of the exact target (fixed by `seed`) and the mode-mass TV.
+
+    Mode masses are taken over the prior's components: tilting reweights them, so the target's
+    weights are the masses a perfect sampler would put on each.
+    """
+    target_samples, _ = target.sample(x.shape[0], torch.Generator().manual_seed(seed))
+    return {
+        "energy_distance_target": energy_distance(x, target_samples),
+        "mass_tv_target": mass_tv(x, prior, target.weights),
+    }

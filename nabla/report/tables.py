@@ -14,12 +14,16 @@ METHOD_ORDER = (
 )
 
 
+#: metrics-file entries that only the figures read (samples, the target's parameters)
+FIGURE_ONLY = ("samples", "target")
+
+
 def summary_frame(metric_files: Iterable[str | Path]) -> pd.DataFrame:
     """One row per (scale, reward, method, seed); list-valued metrics are kept as JSON strings."""
     rows = []
     for path in metric_files:
         metrics = json.loads(Path(path).read_text())
-        rows.append({k: json.dumps(v) if isinstance(v, list) else v for k, v in metrics.items()})
+        rows.append({k: json.dumps(v) if isinstance(v, list) else v for k, v in metrics.items() if k not in FIGURE_ONLY})
     frame = pd.DataFrame(rows)
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     frame["_order"] = frame["method"].map(lambda m: order.get(m, len(order)))

@@ -29,3 +29,14 @@ def toy2d_metric_files():
     methods = ["pretrained"] + list(c["methods"])
     return expand("results/toy2d/metrics/{reward}/{method}/seed{seed}.json",
                   reward=c["rewards"], method=methods, seed=c["seeds"])
+
+
+def toy2d_run_dirs():
+    c = config["toy2d"]
+    return expand(f"{RUNS}/toy2d/{{reward}}/{{method}}/seed{{seed}}/done.json",
+                  reward=c["rewards"], method=c["methods"], seed=c["seeds"])
+
+
+def toy2d_figure_files():
+    return expand("results/toy2d/figures/{kind}_{reward}.{ext}", kind=["curves", "tradeoff", "samples"],
+                  reward=config["toy2d"]["rewards"], ext=["png", "pdf"])

@@ -18,3 +18,41 @@ rule toy2d_tables:
         "python -m nabla aggregate --metrics {input} --summary {output.summary} --table {params.stem}"
         " --columns reward_mean energy_distance_target mass_tv_target energy_distance_prior"
         " --vector-columns masses --title 'toy2d, exact target p#·exp(βr)' > {log} 2>&1"
+
+
+rule toy2d_curves:
+    input:
+        toy2d_run_dirs(),
+    output:
+        "results/toy2d/curves.csv",
+    log:
+        "logs/toy2d/curves.log",
+    params:
+        runs=lambda w, input: [os.path.dirname(f) for f in input],
+    conda:
+        ENV
+    shell:
+        "python -m nabla curves --runs {params.runs} --out {output} > {log} 2>&1"
+
+
+# Figures read only results/ (committed), so `snakemake figures` redraws them on a fresh clone.
+rule toy2d_figures:
+    input:
+        summary=rules.toy2d_tables.output.summary,
+        curves=rules.toy2d_curves.output,
+        metrics=toy2d_metric_files(),
+    output:
+        toy2d_figure_files(),
+    log:
+        "logs/toy2d/figures.log",
+    params:
+        results=lambda w, input: os.path.dirname(input.summary),
+    conda:
+        ENV
+    shell:
+        "python -m nabla figures --scale toy2d --results {params.results} > {log} 2>&1"
+
+
+rule figures:
+    input:
+        rules.toy2d_figures.output,

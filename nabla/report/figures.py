@@ -1,0 +1,170 @@
+"""Figures from a scale's cached results (results/<scale>/), written as PNG and PDF.
+
+Everything here reads only the small committed files — summary.csv, curves.csv and the per-run
+metrics JSONs — so figures redraw on a fresh clone without any run folder. Every method has one
+colour in every figure.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on a cluster node
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from nabla.data.toy2d import GaussianMixture  # noqa: E402
+from nabla.report.tables import METHOD_ORDER  # noqa: E402
+
+METHOD_COLORS = {
+    "pretrained": "#7f7f7f",
+    "residual_nabla_db": "#d62728",
+    "nabla_db": "#ff9896",
+    "db_gflownet": "#9467bd",
+    "ddpo": "#1f77b4",
+    "draft": "#2ca02c",
+    "draft_lv": "#98df8a",
+    "refl": "#ff7f0e",
+}
+METHOD_LABELS = {
+    "pretrained": "pretrained",
+    "residual_nabla_db": "residual ∇-DB",
+    "nabla_db": "∇-DB",
+    "db_gflownet": "DB-GFlowNet",
+    "ddpo": "DDPO",
+    "draft": "DRaFT-1",
+    "draft_lv": "DRaFT-LV",
+    "refl": "ReFL",
+}
+
+#: toy2d curves: (eval_log column, axis label, log scale)
+TOY2D_CURVES = (
+    ("energy_distance_target", "energy distance to exact target", True),
+    ("mass_tv_target", "mode-mass TV to exact target", False),
+    ("eval_reward_mean", "mean reward", False),
+)
+
+
+def ordered(methods: Sequence[str]) -> list[str]:
+    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    return sorted(set(methods), key=lambda m: rank.get(m, len(rank)))
+
+
+def save(fig, stem: Path) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def curve_figure(curves: pd.DataFrame, panels=TOY2D_CURVES, title: str = ""):
+    """Mean ± std over seeds of each panel's metric, against update (top) and seconds (bottom).
+
+    A method whose runs diverged is drawn to its last finite evaluation; values above 3× the
+    step-0 (prior) maximum are off the axes rather than flattening everyone else's curve.
+    """
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 7), squeeze=False)
+    for row, x in enumerate(("step", "seconds")):
+        for col, (column, label, log) in enumerate(panels):
+            ax = axes[row, col]
+            for method in ordered(curves["method"]):
+                group = curves[curves["method"] == method]
+                stats = group.groupby("step").agg(
+                    mean=(column, "mean"), std=(column, lambda v: v.std(ddof=0)), seconds=("seconds", "mean")
+                )
+                xs = stats.index if x == "step" else stats["seconds"]
+                color = METHOD_COLORS.get(method)
+                ax.plot(xs, stats["mean"], color=color, label=METHOD_LABELS.get(method, method), lw=1.6)
+                ax.fill_between(xs, stats["mean"] - stats["std"], stats["mean"] + stats["std"], color=color, alpha=0.18, lw=0)
+            start = curves.loc[curves["step"] == 0, column]
+            if log:
+                ax.set_yscale("log")
+            if len(start) and np.isfinite(start.max()) and start.max() > 0:
+                ax.set_ylim(top=3 * start.max())
+            ax.set_xlabel("update" if x == "step" else "training seconds")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def tradeoff_figure(summary: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str, title: str = ""):
+    """One small point per seed, the seed mean as a large outlined marker, per method."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for method in ordered(summary["method"]):
+        runs = summary[summary["method"] == method]
+        color = METHOD_COLORS.get(method)
+        ax.scatter(runs[x], runs[y], color=color, s=14, alpha=0.6)
+        ax.scatter(runs[x].mean(), runs[y].mean(), color=color, s=90, edgecolor="black",
+                   label=METHOD_LABELS.get(method, method))
+    ax.set_xscale("symlog", linthresh=1e-2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def toy2d_samples_figure(records: Sequence[dict], extent: float = 7.0, title: str = ""):
+    """One panel per method: samples (dots) over the exact target's density (contours)."""
+    n = len(records)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.9), squeeze=False)
+    grid = np.linspace(-extent, extent, 160)
+    xx, yy = np.meshgrid(grid, grid)
+    points = torch.tensor(np.stack([xx.ravel(), yy.ravel()], axis=1), dtype=torch.float64)
+    for ax, record in zip(axes[0], records):
+        target = GaussianMixture.from_dict(record["target"])
+        density = target.log_prob(points).exp().reshape(xx.shape).numpy()
+        ax.contourf(xx, yy, density, levels=12, cmap="Greys")
+        samples = np.asarray(record["samples"])
+        inside = np.abs(samples).max(axis=1) <= extent
+        ax.scatter(samples[inside, 0], samples[inside, 1], s=2, color=METHOD_COLORS.get(record["method"]), alpha=0.8)
+        name = METHOD_LABELS.get(record["method"], record["method"])
+        outside = int((~inside).sum())
+        ax.set_title(name + (f"\n({outside} of {len(samples)} off the panel)" if outside else ""), fontsize=9)
+        ax.set_xlim(-extent, extent)
+        ax.set_ylim(-extent, extent)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def toy2d_figures(results: str | Path, seed: int = 0) -> list[Path]:
+    """Every toy2d figure from results/toy2d/{summary.csv, curves.csv, metrics/}."""
+    results = Path(results)
+    summary = pd.read_csv(results / "summary.csv")
+    curves = pd.read_csv(results / "curves.csv")
+    written: list[Path] = []
+    for reward in summary["reward"].unique():
+        beta = summary.loc[summary["reward"] == reward, "beta"].iloc[0]
+        target = f"exact target p#·exp({beta:g}·r), reward {reward}"
+        figures = results / "figures"
+        written += save(curve_figure(curves[curves["reward"] == reward], title=target), figures / f"curves_{reward}")
+        written += save(
+            tradeoff_figure(summary[summary["reward"] == reward], "energy_distance_prior", "reward_mean",
+                            "energy distance to the prior (toy analogue of FID-to-prior)", "mean reward", target),
+            figures / f"tradeoff_{reward}",
+        )
+        records = [
+            json.loads(path.read_text())
+            for method in ordered(summary.loc[summary["reward"] == reward, "method"])
+            for path in [results / "metrics" / reward / method / f"seed{seed}.json"]
+            if path.exists()
+        ]
+        written += save(toy2d_samples_figure(records, title=f"{target}; seed {seed}"), figures / f"samples_{reward}")
+    return written
