@@ -125,11 +125,21 @@ def cmd_train_reward(args: argparse.Namespace) -> None:
     print(f"saved the learned reward to {path}")
 
 
+def cmd_train_features(args: argparse.Namespace) -> None:
+    _set_threads(args.threads)
+    from nabla.metrics.features import train_feature_network
+
+    out = train_feature_network(args.data_cache, args.out, seed=args.seed, steps=args.steps, progress=True)
+    print(f"wrote the evaluation feature network to {out}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
     from nabla.evaluation import evaluate_run
 
-    metrics = evaluate_run(args.run, args.out, beta=args.beta, num_samples=args.samples, prior_only=args.prior)
+    metrics = evaluate_run(
+        args.run, args.out, beta=args.beta, num_samples=args.samples, prior_only=args.prior, features=args.features
+    )
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}))
 
 
@@ -252,12 +262,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_train_reward)
 
+    p = commands.add_parser("train-features", help="train the tiny scale's evaluation feature network (diversity, FID)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--data-cache", default=DEFAULT_DATA_CACHE)
+    p.add_argument("--seed", type=int, default=1, help="differs from the learned reward's on purpose")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_train_features)
+
     p = commands.add_parser("evaluate", help="metrics of a finished run (or of its prior) on fixed seeds")
     p.add_argument("--run", required=True, help="a finished run folder")
     p.add_argument("--out", required=True, help="metrics JSON")
     p.add_argument("--prior", action="store_true", help="evaluate the pretrained prior (adapter off) instead")
-    p.add_argument("--beta", type=float, required=True, help="toy2d: β of the exact target p#·exp(βr)")
-    p.add_argument("--samples", type=int, default=4000)
+    p.add_argument("--beta", type=float, help="toy2d: β of the exact target p#·exp(βr)")
+    p.add_argument("--features", help="tiny: the evaluation feature network's folder (train-features)")
+    p.add_argument("--samples", type=int, default=4000, help="toy2d: samples; tiny: images per held-out prompt")
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_evaluate)
 

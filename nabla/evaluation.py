@@ -2,7 +2,8 @@
 
 At toy2d the answer is known: samples are compared with the exact reward-tilted target
 p#(x)·exp(βr(x)) (energy distance, mass per mixture component and its total variation from the
-exact weights) and with the prior, and the mean reward is reported.
+exact weights) and with the prior, and the mean reward is reported. At the image scales: reward,
+diversity and FID-to-prior in a feature network's space (``nabla.metrics``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from pathlib import Path
 import torch
 import yaml
 
+from nabla.metrics.features import build_features
+from nabla.metrics.images import diversity, fid_to_prior
 from nabla.metrics.toy2d import component_masses, distances_to_target, energy_distance
 from nabla.rewards import build_reward
-from nabla.sampling import rollout
+from nabla.sampling import rollout, sample_images
 from nabla.trainer import TrainConfig, build_backend, options_from_dict
 
 #: seeds of evaluation samples: the same for every method, never used in training (see round_seeds)
@@ -62,14 +65,51 @@ def evaluate_toy2d(backend, cfg: TrainConfig, beta: float, num_samples: int, see
     }
 
 
-def evaluate_run(run_dir: str | Path, out: str | Path, beta: float, num_samples: int, prior_only: bool = False) -> dict:
+@torch.no_grad()
+def evaluate_images(backend, cfg: TrainConfig, features, samples_per_prompt: int) -> dict:
+    """Reward, diversity and FID-to-prior on the held-out prompts.
+
+    K images per prompt from the model and K from the prior (adapter off) with the same seeds,
+    hence the same initial and per-step noise, so FID-to-prior measures what fine-tuning changed.
+    """
+    prompts = [p for p in cfg.eval_prompts for _ in range(samples_per_prompt)]
+    seeds = [EVAL_SEED_OFFSET + s for _ in cfg.eval_prompts for s in range(samples_per_prompt)]
+    reward = build_reward(cfg.reward, **cfg.reward_options).to(backend.device)
+    sampler = dict(num_steps=cfg.sampler.num_steps, eta=cfg.sampler.eta, guidance_scale=cfg.sampler.guidance_scale)
+    images = sample_images(backend, prompts, seeds, **sampler)
+    with backend.adapter(False):
+        prior_images = sample_images(backend, prompts, seeds, **sampler)
+    f, f_prior = features(images), features(prior_images)
+    return {
+        "reward_mean": reward(images, prompts).mean().item(),
+        "diversity": diversity(f, prompts),
+        **fid_to_prior(f, f_prior, prompts),
+        "prior_reward_mean": reward(prior_images, prompts).mean().item(),
+        "prior_diversity": diversity(f_prior, prompts),
+        "num_samples": len(seeds),
+    }
+
+
+def evaluate_run(
+    run_dir: str | Path, out: str | Path, beta: float | None = None, num_samples: int = 4000,
+    prior_only: bool = False, features: str | Path | None = None,
+) -> dict:
+    """Metrics of a finished run (or of its prior) as a JSON file: toy2d needs ``beta``, tiny ``features``."""
     backend, cfg = load_run(run_dir, prior_only)
-    if cfg.scale != "toy2d":
-        raise NotImplementedError(f"evaluation of the {cfg.scale} scale is not written yet; toy2d only")
+    if cfg.scale == "toy2d":
+        if beta is None:
+            raise ValueError("toy2d evaluation needs beta, the β of the exact target p#·exp(βr)")
+        measured = evaluate_toy2d(backend, cfg, beta, num_samples)
+    elif cfg.scale == "tiny":
+        if features is None:
+            raise ValueError("tiny evaluation needs the feature network folder (python -m nabla train-features)")
+        measured = evaluate_images(backend, cfg, build_features("emoji", model_dir=features), num_samples)
+    else:
+        raise NotImplementedError(f"evaluation of the {cfg.scale} scale is not written yet (needs its feature models)")
     metrics = {
         "scale": cfg.scale, "reward": cfg.reward, "seed": cfg.seed,
         "method": "pretrained" if prior_only else cfg.method,
-        **evaluate_toy2d(backend, cfg, beta, num_samples),
+        **measured,
     }
     if not prior_only:
         done = json.loads((Path(run_dir) / "done.json").read_text())

@@ -69,3 +69,28 @@ def test_vector_metrics_are_averaged_per_entry_beside_the_exact_reference():
     table = mean_vector_table(frame, "masses", reference="target_masses")
     assert table["method"].tolist() == ["exact target", "ddpo"]
     assert table["masses[0]"].tolist() == [0.5, 0.3] and table["masses[1]"].tolist() == [0.5, 0.7]
+
+
+@pytest.mark.slow
+def test_tiny_evaluation_reports_diversity_and_fid_to_the_prior(random_sd_dir, openmoji_cache, tmp_path):
+    from nabla.metrics.features import train_feature_network
+
+    features = train_feature_network(openmoji_cache, tmp_path / "features", steps=20)
+    cfg = TrainConfig(
+        scale="tiny", model=str(random_sd_dir), method="draft", reward="colorfulness", updates=2, lr=0.5,
+        trajectories_per_round=2, sampler={"num_steps": 3, "eta": 1.0, "guidance_scale": 3.0},
+        prompts=["cat"], eval_prompts=["cat", "heart"], eval_samples_per_prompt=2, eval_every=0,
+        checkpoint_every=2, lora_rank=2,
+    )
+    Trainer(cfg, tmp_path / "run", progress=False).run()
+    main(["evaluate", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "m.json"), "--features", str(features), "--samples", "4"])
+    main(["evaluate", "--prior", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "p.json"), "--features", str(features), "--samples", "4"])
+    tuned, prior = (json.loads((tmp_path / f).read_text()) for f in ("m.json", "p.json"))
+    assert tuned["num_samples"] == 8 and tuned["method"] == "draft" and prior["method"] == "pretrained"
+    # same noise with the adapter off gives the prior's images again (0 up to float error); the
+    # LoRA moved the images by orders of magnitude more
+    assert abs(prior["fid_to_prior"]) < 1e-6, prior
+    assert tuned["fid_to_prior"] > 1e-4 and tuned["fid_to_prior_pooled"] > 1e-4, tuned
+    assert prior["diversity"] == pytest.approx(prior["prior_diversity"]) == pytest.approx(tuned["prior_diversity"])
+    with pytest.raises(ValueError, match="needs the feature network"):
+        main(["evaluate", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "x.json")])

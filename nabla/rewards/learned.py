@@ -79,15 +79,18 @@ class EmojiClassifier(nn.Module):
     def classes(self) -> tuple[str, ...]:
         return self.cfg.classes
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The globally averaged last feature map, (B, widths[-1]): position-independent."""
         size = self.cfg.image_size
         if images.shape[-2:] != (size, size):
             # other resolutions (e.g. decoded latents) are resampled to what the CNN was trained on
             images = F.interpolate(
                 images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
             )
-        features = self.features(images * 2.0 - 1.0)
-        return self.head(features.mean(dim=(2, 3)))  # global average: position-independent
+        return self.features(images * 2.0 - 1.0).mean(dim=(2, 3))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(images))
 
 
 def save_emoji_classifier(model: EmojiClassifier, out_dir: str | os.PathLike, metadata: dict) -> Path:
@@ -191,8 +194,12 @@ def train_emoji_classifier(
     batch_size: int = 64,
     lr: float = 3e-3,
     progress: bool = False,
+    classes: Sequence[str] = TRAIN_WORDS,
 ) -> Path:
     """Train the classifier on the prior's train split and save it to ``out_dir`` (returned).
+
+    ``classes`` are its words (default: the prior's prompt words, as the reward needs); the emoji
+    it trains on are those whose caption holds one of them.
 
     Batches are drawn word-balanced ("flag" is ~60% of the emoji, "chess" 2%), targets are
     multi-hot with a binary cross-entropy per word, and the learning rate follows a one-cycle
@@ -203,7 +210,7 @@ def train_emoji_classifier(
     start = time.perf_counter()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    cfg = ClassifierConfig()
+    cfg = ClassifierConfig(classes=tuple(classes))
     train_set, heldout_set = classifier_splits(data_cache, cfg.classes)
     images, targets = to_images(train_set.images), multi_hot(train_set.captions, cfg.classes)
     weights = word_balanced_weights(train_set.captions, cfg.classes)
