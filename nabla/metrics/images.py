@@ -46,7 +46,8 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
     root_a = _sqrtm_psd(cov_a)
     cross = _sqrtm_psd(root_a @ cov_b @ root_a)
-    return float((mu_a - mu_b).square().sum() + torch.trace(cov_a + cov_b - 2 * cross))
+    # ≥ 0 in exact arithmetic; clamp the float error of identical sets at zero
+    return max(0.0, float((mu_a - mu_b).square().sum() + torch.trace(cov_a + cov_b - 2 * cross)))
 
 
 def _groups(prompts: Sequence[str]) -> dict[str, torch.Tensor]:

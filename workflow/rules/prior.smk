@@ -38,7 +38,7 @@ rule prior_samples:
     input:
         model=rules.pretrain_tiny_prior.output.model,
     output:
-        "results/tiny/prior_samples.png",
+        report("results/tiny/prior_samples.png", caption="../report/prior_samples.rst", category="tiny"),
     log:
         "logs/tiny/prior_samples.log",
     params:

@@ -42,7 +42,8 @@ rule toy2d_figures:
         curves=rules.toy2d_curves.output,
         metrics=toy2d_metric_files(),
     output:
-        toy2d_figure_files(),
+        [report(f, caption="../report/toy2d_figures.rst", category="toy2d") if f.endswith(".png") else f
+         for f in toy2d_figure_files()],
     log:
         "logs/toy2d/figures.log",
     params:
