@@ -106,13 +106,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
-    from nabla.trainer import NonFiniteError, Trainer, load_train_config
+    from nabla.trainer import ConfigChangedError, NonFiniteError, Trainer, load_train_config
 
     overrides = {"updates": args.updates, "model": args.model, "device": args.device}
     cfg = load_train_config(args.config, args.method, args.reward, args.seed, **overrides)
     try:
-        summary = Trainer(cfg, args.out, progress=not args.no_progress).run()
-    except NonFiniteError as error:
+        summary = Trainer(cfg, args.out, progress=not args.no_progress, on_config_change=args.on_config_change).run()
+    except (NonFiniteError, ConfigChangedError) as error:
         raise SystemExit(f"error: {error}") from error
     print(json.dumps(summary))
 
@@ -250,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--updates", type=int, help="override the number of optimiser updates")
     p.add_argument("--model", help="override the prior folder")
     p.add_argument("--device", help="override the device (cpu, cuda)")
+    p.add_argument("--on-config-change", choices=["fail", "restart"], default="fail",
+                   help="when --out holds a run of another config: refuse (default) or delete it and start over")
     p.add_argument("--threads", type=int)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)

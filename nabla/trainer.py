@@ -181,9 +181,40 @@ class _CsvLog:
 
 
 # -- the loop -----------------------------------------------------------------------------------
+class ConfigChangedError(RuntimeError):
+    """A run folder holds a checkpoint or result of another config: resuming would mix the two."""
+
+
+#: config keys a resumed run may change (they alter no number the run produces)
+RESUMABLE_CHANGES = ("log_every", "device")
+
+
+def config_changes(saved: dict, current: dict) -> list[str]:
+    """Keys (dotted for method/reward options) whose values differ between two resolved configs."""
+    changed = []
+    for key in sorted(set(saved) | set(current)):
+        if key in RESUMABLE_CHANGES:
+            continue
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += [f"{key}.{k}" for k in config_changes(old, new)]
+        elif old != new:
+            changed.append(key)
+    return changed
+
+
 class Trainer:
-    def __init__(self, cfg: TrainConfig, out: str | Path, progress: bool = True):
+    """Runs one config in one folder; a folder of another config is refused, or restarted on request.
+
+    ``on_config_change="restart"`` (what the workflow passes: it reruns a job because its config
+    changed) deletes the folder's stale checkpoint and results before starting over.
+    """
+
+    def __init__(self, cfg: TrainConfig, out: str | Path, progress: bool = True, on_config_change: str = "fail"):
+        if on_config_change not in ("fail", "restart"):
+            raise ValueError(f"on_config_change must be 'fail' or 'restart', got {on_config_change!r}")
         self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.on_config_change = on_config_change
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
         self.backend = build_backend(cfg)
@@ -370,11 +401,32 @@ class Trainer:
             self.save_checkpoint()
 
     # -- run ----------------------------------------------------------------------------------
+    def _check_folder_config(self, text: str) -> None:
+        """Refuse (or clear, on restart) a folder whose saved config differs from this run's."""
+        saved_path = self.out / "config.yaml"
+        if not saved_path.exists():
+            return
+        changed = config_changes(yaml.safe_load(saved_path.read_text()) or {}, yaml.safe_load(text))
+        if not changed:
+            return
+        if self.on_config_change == "fail":
+            raise ConfigChangedError(
+                f"{self.out} holds a run of another config (changed: {', '.join(changed)}); resuming would "
+                "mix the two. Use another --out, delete the folder, or pass --on-config-change restart"
+            )
+        for name in ("checkpoint", "final"):
+            shutil.rmtree(self.out / name, ignore_errors=True)
+        for name in ("done.json", "train_log.csv", "eval_log.csv"):
+            (self.out / name).unlink(missing_ok=True)
+        print(f"config changed ({', '.join(changed)}): restarting {self.out} from scratch")
+
     def run(self) -> dict:
+        config_text = yaml.safe_dump(self.resolved_config(), sort_keys=False)
+        self._check_folder_config(config_text)
         if (self.out / "done.json").exists():
             return json.loads((self.out / "done.json").read_text())
         resumed = self.load_checkpoint()
-        (self.out / "config.yaml").write_text(yaml.safe_dump(self.resolved_config(), sort_keys=False))
+        (self.out / "config.yaml").write_text(config_text)
         train_log = _CsvLog(self.out / "train_log.csv", self.step if resumed else None)
         eval_log = _CsvLog(self.out / "eval_log.csv", self.step if resumed else None)
         if not resumed:

@@ -221,3 +221,21 @@ def test_eval_target_beta_needs_a_reward_with_an_exact_target(random_sd_dir, tmp
                       updates=1, trajectories_per_round=2)
     with pytest.raises(ValueError, match="eval_target_beta needs the toy2d scale.*colorfulness"):
         Trainer(cfg, tmp_path)
+
+
+def test_a_folder_of_another_config_is_refused_or_restarted(toy_prior_dir, tmp_path):
+    from nabla.trainer import ConfigChangedError
+
+    Trainer(toy_config(toy_prior_dir, updates=2), tmp_path / "run", progress=False).run()
+    changed = toy_config(toy_prior_dir, updates=2, method_options={**GFN, "reward_scale": 2.0})
+    with pytest.raises(ConfigChangedError, match="changed: method_options.reward_scale"):
+        Trainer(changed, tmp_path / "run", progress=False).run()
+    # restart: the stale checkpoint and result go, and the run equals one made in a fresh folder
+    Trainer(changed, tmp_path / "run", progress=False, on_config_change="restart").run()
+    Trainer(changed, tmp_path / "fresh", progress=False).run()
+    restarted, fresh = (load_file(tmp_path / d / "final" / "adapter_model.safetensors") for d in ("run", "fresh"))
+    assert all(torch.equal(restarted[k], fresh[k]) for k in fresh)
+    assert "reward_scale: 2.0" in (tmp_path / "run" / "config.yaml").read_text()
+    # a change that alters no number (log interval) still resumes
+    Trainer(toy_config(toy_prior_dir, updates=2, method_options={**GFN, "reward_scale": 2.0}, log_every=1),
+            tmp_path / "run", progress=False).run()

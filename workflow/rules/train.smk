@@ -36,4 +36,4 @@ rule train:
     shell:
         "python -m nabla train --method {wildcards.method} --reward {wildcards.reward}"
         " --seed {wildcards.seed} --config {input.config} --model {params.prior} --out {params.out}"
-        " --threads {threads} --no-progress > {log} 2>&1"
+        " --on-config-change restart --threads {threads} --no-progress > {log} 2>&1"
