@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable
 
@@ -20,6 +21,8 @@ def run_curves(run_dir: str | Path) -> pd.DataFrame:
     curves = pd.read_csv(run_dir / "eval_log.csv")
     for key in reversed(RUN_KEYS):
         curves.insert(0, key, config[key])
+    # a run stopped by a NaN/inf: its last evaluations can be astronomically large
+    curves["diverged"] = json.loads((run_dir / "done.json").read_text()).get("diverged_at") is not None
     return curves
 
 

@@ -65,30 +65,46 @@ def save(fig, stem: Path) -> list[Path]:
     return paths
 
 
+def _limits(values: pd.Series, log: bool) -> tuple[float, float]:
+    """Axis limits that show `values` (finite ones) with a margin."""
+    values = values[np.isfinite(values)]
+    if log:
+        values = values[values > 0]
+        return float(values.min()) / 2, float(values.max()) * 2
+    low, high = float(values.min()), float(values.max())
+    margin = 0.08 * (high - low or 1.0)
+    return low - margin, high + margin
+
+
 def curve_figure(curves: pd.DataFrame, panels=TOY2D_CURVES, title: str = ""):
     """Mean ± std over seeds of each panel's metric, against update (top) and seconds (bottom).
 
-    A method whose runs diverged is drawn to its last finite evaluation; values above 3× the
-    step-0 (prior) maximum are off the axes rather than flattening everyone else's curve.
+    Axes are scaled to the methods that did not diverge; a method with a diverged run (marked
+    in the legend) is drawn as its mean alone, which leaves the axes where it blows up.
     """
+    diverged = curves.groupby("method")["diverged"].any() if "diverged" in curves else pd.Series(dtype=bool)
     fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 7), squeeze=False)
     for row, x in enumerate(("step", "seconds")):
         for col, (column, label, log) in enumerate(panels):
             ax = axes[row, col]
+            shown = []
             for method in ordered(curves["method"]):
                 group = curves[curves["method"] == method]
                 stats = group.groupby("step").agg(
                     mean=(column, "mean"), std=(column, lambda v: v.std(ddof=0)), seconds=("seconds", "mean")
                 )
                 xs = stats.index if x == "step" else stats["seconds"]
-                color = METHOD_COLORS.get(method)
-                ax.plot(xs, stats["mean"], color=color, label=METHOD_LABELS.get(method, method), lw=1.6)
+                color, name = METHOD_COLORS.get(method), METHOD_LABELS.get(method, method)
+                if diverged.get(method, False):
+                    ax.plot(xs, stats["mean"], color=color, label=f"{name} (diverged)", lw=1.2, ls="--")
+                    continue
+                ax.plot(xs, stats["mean"], color=color, label=name, lw=1.6)
                 ax.fill_between(xs, stats["mean"] - stats["std"], stats["mean"] + stats["std"], color=color, alpha=0.18, lw=0)
-            start = curves.loc[curves["step"] == 0, column]
+                shown += [stats["mean"] - stats["std"], stats["mean"] + stats["std"]]
             if log:
                 ax.set_yscale("log")
-            if len(start) and np.isfinite(start.max()) and start.max() > 0:
-                ax.set_ylim(top=3 * start.max())
+            if shown:
+                ax.set_ylim(*_limits(pd.concat(shown), log))
             ax.set_xlabel("update" if x == "step" else "training seconds")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
@@ -99,21 +115,31 @@ def curve_figure(curves: pd.DataFrame, panels=TOY2D_CURVES, title: str = ""):
 
 
 def tradeoff_figure(summary: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str, title: str = ""):
-    """One small point per seed, the seed mean as a large outlined marker, per method."""
+    """One small point per seed, the seed mean as a large outlined marker, per method.
+
+    Diverged runs (a ``diverged_at`` step) are left out and named under the axes: their values
+    are astronomic and would squash every other point into one corner.
+    """
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    diverged = summary["diverged_at"].notna() if "diverged_at" in summary else pd.Series(False, index=summary.index)
+    if diverged.any():
+        names = ", ".join(METHOD_LABELS.get(m, m) for m in ordered(summary.loc[diverged, "method"]))
+        fig.text(0.01, 0.0, f"left out: {int(diverged.sum())} diverged runs ({names})", fontsize=7, va="bottom")
+    summary = summary[~diverged]
     for method in ordered(summary["method"]):
         runs = summary[summary["method"] == method]
         color = METHOD_COLORS.get(method)
         ax.scatter(runs[x], runs[y], color=color, s=14, alpha=0.6)
         ax.scatter(runs[x].mean(), runs[y].mean(), color=color, s=90, edgecolor="black",
                    label=METHOD_LABELS.get(method, method))
-    ax.set_xscale("symlog", linthresh=1e-2)
+    ax.set_xscale("symlog", linthresh=1e-2)  # the prior's own distance is ≈ 0 (can be slightly < 0)
+    ax.set_yscale("symlog", linthresh=1.0)  # linear for rewards of order one, compressed beyond
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(title)
-    fig.tight_layout()
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig
 
 
