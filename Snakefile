@@ -21,6 +21,7 @@ include: "workflow/rules/report.smk"
 
 localrules:
     toy2d_tables,
+    tiny_tables,
     toy2d_curves,
     toy2d_figures,
     figures,
@@ -31,4 +32,6 @@ rule all:
         "results/tiny/prior_samples.png",
         rules.toy2d_tables.output,
         rules.figures.input,
+        # the tiny comparison is opt-in (tiny.methods) until it fits the default's time budget
+        rules.tiny_tables.output if config["tiny"]["methods"] else [],
     default_target: True

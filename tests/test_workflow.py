@@ -26,9 +26,10 @@ def test_schema_method_enum_is_the_method_registry():
     assert sorted(schema["$defs"]["method"]["enum"]) == available_methods()
 
 
-def test_schema_toy2d_rewards_are_registered():
+@pytest.mark.parametrize("scale", ["toy2d", "tiny"])
+def test_schema_rewards_are_registered(scale):
     schema = yaml.safe_load(Path(SCHEMA).read_text())
-    assert set(schema["properties"]["toy2d"]["properties"]["rewards"]["items"]["enum"]) <= set(REWARDS)
+    assert set(schema["properties"][scale]["properties"]["rewards"]["items"]["enum"]) <= set(REWARDS)
 
 
 def test_default_config_validates_and_missing_keys_get_defaults():
@@ -75,6 +76,19 @@ def test_slurm_profile_dry_run_shows_each_jobs_resources():
 def test_local_profile_dry_run_plans_the_default_workflow():
     out = dry_run("--profile", "profiles/local")
     assert "pretrain_tiny_prior" in out and "toy2d_tables" in out
+    assert "tiny_tables" not in out  # the tiny comparison is opt-in
+
+
+@pytest.mark.slow
+def test_tiny_comparison_plans_its_reward_and_feature_networks(tmp_path):
+    config = default_config()
+    config["tiny"].update(methods=["residual_nabla_db", "ddpo"], rewards=["colorfulness", "emoji_class"], seeds=[0])
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    out = dry_run("results/tiny/summary.csv", "--configfile", str(tmp_path / "c.yaml"))  # --configfile takes several
+    jobs = dict(line.split() for line in out.split("Job stats:")[1].split("total")[0].splitlines()[3:] if line.strip())
+    # 2 methods x 2 rewards x 1 seed, the prior's row per reward, one reward and one feature network
+    assert jobs["train"] == "4" and jobs["evaluate"] == "4" and jobs["evaluate_prior"] == "2"
+    assert jobs["train_tiny_reward"] == "1" and jobs["train_tiny_features"] == "1" and jobs["tiny_tables"] == "1"
 
 
 def test_toy2d_training_curves_measure_against_the_evaluated_target():

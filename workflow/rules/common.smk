@@ -24,17 +24,34 @@ def prior_marker(scale):
     return f"{prior_dir(scale)}/" + ("config.json" if scale == "toy2d" else "model_index.json")
 
 
-def toy2d_metric_files():
-    c = config["toy2d"]
+REWARD_MODEL = f"{RUNS}/tiny/reward/emoji_classifier.safetensors"  # the learned reward (emoji_class)
+FEATURES = f"{RUNS}/tiny/features/emoji_classifier.safetensors"  # the tiny evaluation network
+
+
+def metric_files(scale):
+    """Every run's metrics file of a scale, plus the prior's reference row per (reward, seed)."""
+    c = config[scale]
     methods = ["pretrained"] + list(c["methods"])
-    return expand("results/toy2d/metrics/{reward}/{method}/seed{seed}.json",
+    return expand(f"results/{scale}/metrics/{{reward}}/{{method}}/seed{{seed}}.json",
                   reward=c["rewards"], method=methods, seed=c["seeds"])
 
 
-def toy2d_run_dirs():
-    c = config["toy2d"]
-    return expand(f"{RUNS}/toy2d/{{reward}}/{{method}}/seed{{seed}}/done.json",
+def run_dones(scale):
+    c = config[scale]
+    return expand(f"{RUNS}/{scale}/{{reward}}/{{method}}/seed{{seed}}/done.json",
                   reward=c["rewards"], method=c["methods"], seed=c["seeds"])
+
+
+def evaluation_models(scale):
+    """Models an evaluation reads besides the run: the feature network at tiny."""
+    return [FEATURES] if scale == "tiny" else []
+
+
+def evaluation_options(scale):
+    e = config[scale]["evaluation"]
+    if scale == "toy2d":
+        return f"--beta {e['beta']} --samples {e['samples']}"
+    return f"--features {os.path.dirname(FEATURES)} --samples {e['samples']}"
 
 
 def toy2d_figure_files():

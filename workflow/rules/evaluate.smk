@@ -1,40 +1,42 @@
 # Metrics of each finished run, and of the prior as the reference row (same seeds, same noise).
 
-ruleorder: evaluate_toy2d_prior > evaluate_toy2d
+ruleorder: evaluate_prior > evaluate
 
 
-rule evaluate_toy2d:
+rule evaluate:
     input:
-        done=f"{RUNS}/toy2d/{{reward}}/{{method}}/seed{{seed}}/done.json",
+        done=f"{RUNS}/{{scale}}/{{reward}}/{{method}}/seed{{seed}}/done.json",
+        models=lambda w: evaluation_models(w.scale),
     output:
-        "results/toy2d/metrics/{reward}/{method}/seed{seed}.json",
+        "results/{scale}/metrics/{reward}/{method}/seed{seed}.json",
     log:
-        "logs/toy2d/evaluate/{reward}/{method}/seed{seed}.log",
+        "logs/{scale}/evaluate/{reward}/{method}/seed{seed}.log",
     params:
         run=folder_of("done"),
-        evaluation=config["toy2d"]["evaluation"],
+        options=lambda w: evaluation_options(w.scale),
     threads: 1
     conda:
         ENV
     shell:
-        "python -m nabla evaluate --run {params.run} --out {output} --beta {params.evaluation[beta]}"
-        " --samples {params.evaluation[samples]} --threads {threads} > {log} 2>&1"
+        "python -m nabla evaluate --run {params.run} --out {output} {params.options}"
+        " --threads {threads} > {log} 2>&1"
 
 
-rule evaluate_toy2d_prior:
+rule evaluate_prior:
     input:
         # the prior is evaluated under the first method's run config (sampler, reward)
-        done=lambda w: f"{RUNS}/toy2d/{w.reward}/{config['toy2d']['methods'][0]}/seed{w.seed}/done.json",
+        done=lambda w: f"{RUNS}/{w.scale}/{w.reward}/{config[w.scale]['methods'][0]}/seed{w.seed}/done.json",
+        models=lambda w: evaluation_models(w.scale),
     output:
-        "results/toy2d/metrics/{reward}/pretrained/seed{seed}.json",
+        "results/{scale}/metrics/{reward}/pretrained/seed{seed}.json",
     log:
-        "logs/toy2d/evaluate/{reward}/pretrained/seed{seed}.log",
+        "logs/{scale}/evaluate/{reward}/pretrained/seed{seed}.log",
     params:
         run=folder_of("done"),
-        evaluation=config["toy2d"]["evaluation"],
+        options=lambda w: evaluation_options(w.scale),
     threads: 1
     conda:
         ENV
     shell:
-        "python -m nabla evaluate --prior --run {params.run} --out {output} --beta {params.evaluation[beta]}"
-        " --samples {params.evaluation[samples]} --threads {threads} > {log} 2>&1"
+        "python -m nabla evaluate --prior --run {params.run} --out {output} {params.options}"
+        " --threads {threads} > {log} 2>&1"

@@ -51,3 +51,40 @@ rule prior_samples:
         "python -m nabla sample --model {params.model} --seeds $(seq -s ' ' 0 $(({params.grid[seeds]} - 1)))"
         " --steps {params.grid[steps]} --guidance {params.grid[guidance]} --eta {params.grid[eta]}"
         " --credit --out {output} --threads {threads} > {log} 2>&1"
+
+
+# The tiny scale's two OpenMoji CNNs: the learned reward and, apart from it, the evaluation features.
+rule train_tiny_reward:
+    input:
+        rules.render_openmoji.output,
+    output:
+        REWARD_MODEL,
+    log:
+        "logs/tiny/train_reward.log",
+    params:
+        out=lambda w, output: os.path.dirname(output[0]),
+        model=config["tiny"]["reward_model"],
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "python -m nabla train-reward --out {params.out} --data-cache {input} --seed {params.model[seed]}"
+        " --steps {params.model[steps]} --threads {threads} > {log} 2>&1"
+
+
+rule train_tiny_features:
+    input:
+        rules.render_openmoji.output,
+    output:
+        FEATURES,
+    log:
+        "logs/tiny/train_features.log",
+    params:
+        out=lambda w, output: os.path.dirname(output[0]),
+        model=config["tiny"]["features"],
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "python -m nabla train-features --out {params.out} --data-cache {input} --seed {params.model[seed]}"
+        " --steps {params.model[steps]} --threads {threads} > {log} 2>&1"

@@ -3,7 +3,7 @@
 
 rule toy2d_tables:
     input:
-        toy2d_metric_files(),
+        metric_files("toy2d"),
     output:
         summary="results/toy2d/summary.csv",
         table=multiext("results/toy2d/table", ".md", ".tex"),
@@ -22,7 +22,7 @@ rule toy2d_tables:
 
 rule toy2d_curves:
     input:
-        toy2d_run_dirs(),
+        run_dones("toy2d"),
     output:
         "results/toy2d/curves.csv",
     log:
@@ -40,7 +40,7 @@ rule toy2d_figures:
     input:
         summary=rules.toy2d_tables.output.summary,
         curves=rules.toy2d_curves.output,
-        metrics=toy2d_metric_files(),
+        metrics=metric_files("toy2d"),
     output:
         [report(f, caption="../report/toy2d_figures.rst", category="toy2d") if f.endswith(".png") else f
          for f in toy2d_figure_files()],
@@ -57,3 +57,21 @@ rule toy2d_figures:
 rule figures:
     input:
         rules.toy2d_figures.output,
+
+
+rule tiny_tables:
+    input:
+        metric_files("tiny"),
+    output:
+        summary="results/tiny/summary.csv",
+        table=multiext("results/tiny/table", ".md", ".tex"),
+    log:
+        "logs/tiny/tables.log",
+    params:
+        stem=lambda w, output: os.path.splitext(output.table[0])[0],
+    conda:
+        ENV
+    shell:
+        "python -m nabla aggregate --metrics {input} --summary {output.summary} --table {params.stem}"
+        " --columns reward_mean diversity fid_to_prior fid_to_prior_pooled"
+        " --title 'tiny, held-out prompts' > {log} 2>&1"

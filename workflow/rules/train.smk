@@ -21,6 +21,7 @@ rule train:
     input:
         prior=lambda w: prior_marker(w.scale),
         config=lambda w: config[w.scale]["train_config"],
+        reward_model=lambda w: [REWARD_MODEL] if w.reward == "emoji_class" else [],
     output:
         done=f"{RUNS}/{{scale}}/{{reward}}/{{method}}/seed{{seed}}/done.json",
     log:
