@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import torch
+from huggingface_hub import try_to_load_from_cache
 
 from nabla.methods import SamplerConfig
 from nabla.models.random_sd import save_random_sd_pipeline
-from nabla.models.sd import ModelNotFoundError, load_pipeline
 from nabla.trainer import TrainConfig, Trainer
 
 SD15_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -30,11 +30,9 @@ SUBSAMPLING_METHODS = ("residual_nabla_db", "nabla_db", "db_gflownet")
 def resolve_model(shape: str, model: str | None, folder: Path, device: str) -> tuple[str, str]:
     """(model folder or id, description): the local SD 1.5 if cached, else random weights of its shape."""
     if shape == "sd15" and model is None:
-        try:
-            load_pipeline(SD15_MODEL_ID)
+        # a look into the cache, not a load: the trainer loads the model once, itself
+        if isinstance(try_to_load_from_cache(SD15_MODEL_ID, "model_index.json"), str):
             return SD15_MODEL_ID, f"{SD15_MODEL_ID} (local cache)"
-        except ModelNotFoundError:
-            pass
     elif model is not None:
         return model, model
     path = folder / f"random-{shape}"
