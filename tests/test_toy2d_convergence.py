@@ -145,6 +145,13 @@ def test_forward_loss_with_the_exact_flow_reaches_the_tilted_target(good_prior_d
     assert ed < 0.02 and tv < 0.06, f"ED {ed:.4f}, TV {tv:.4f}"
 
 
+# The protocol of (b) and (c), config/train/toy2d.yaml's: σ²-weighted residuals, a quarter of the
+# transitions, the current round's trajectories, no output regulariser.
+GFN_PROTOCOL = dict(output_reg=0.0, weighting="sigma2", transition_fraction=0.25, train_on_previous_round=False,
+                    microbatch_size=4096)
+RUN_PROTOCOL = dict(updates=200, trajectories_per_round=128, lr=2e-3, flow_lr=2e-3)
+
+
 # -- (b) residual ∇-DB with the learned flow g_φ ------------------------------------------------
 def test_residual_nabla_db_with_a_learned_flow_approaches_the_tilted_target(good_prior_dir, tmp_path):
     """The paper's method end to end: far closer to p#·exp(βr) than the prior (exact ED 1.34, TV 0.42).
@@ -160,9 +167,7 @@ def test_residual_nabla_db_with_a_learned_flow_approaches_the_tilted_target(good
     """
     trainer = train(
         good_prior_dir, tmp_path, "residual_nabla_db", "linear", {"w": list(W)},
-        dict(reward_scale=BETA, reverse_loss_weight=10.0, output_reg=0.0, weighting="sigma2",
-             transition_fraction=0.25, train_on_previous_round=False, microbatch_size=4096),
-        updates=200, trajectories_per_round=128, lr=2e-3, flow_lr=2e-3,
+        dict(GFN_PROTOCOL, reward_scale=BETA, reverse_loss_weight=10.0), **RUN_PROTOCOL,
     )
     x = sample(trainer)
     ed = energy_distance(x, exact_samples(LINEAR_TARGET))
@@ -184,9 +189,7 @@ def test_nabla_db_with_a_quadratic_reward_reaches_its_gaussian(good_prior_dir, t
     target = reward_only_target(QuadraticReward(center), beta)
     trainer = train(
         good_prior_dir, tmp_path, "nabla_db", "quadratic", {"center": list(center)},
-        dict(reward_scale=beta, reverse_loss_weight=1.0, output_reg=0.0, weighting="sigma2",
-             transition_fraction=0.25, train_on_previous_round=False, microbatch_size=4096),
-        updates=200, trajectories_per_round=128, lr=2e-3, flow_lr=2e-3,
+        dict(GFN_PROTOCOL, reward_scale=beta, reverse_loss_weight=1.0), **RUN_PROTOCOL,
     )
     x = sample(trainer)
     ed = energy_distance(x, exact_samples(target))
