@@ -20,6 +20,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 localrules:
+    check_sd15_models,
     toy2d_tables,
     tiny_tables,
     toy2d_curves,
@@ -29,9 +30,5 @@ localrules:
 
 rule all:
     input:
-        "results/tiny/prior_samples.png",
-        rules.toy2d_tables.output,
-        rules.figures.input,
-        # the tiny comparison is opt-in (tiny.methods) until it fits the default's time budget
-        rules.tiny_tables.output if config["tiny"]["methods"] else [],
+        all_targets(),
     default_target: True

@@ -106,13 +106,16 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
+    from nabla.hub import MissingModelsError
     from nabla.trainer import ConfigChangedError, NonFiniteError, Trainer, load_train_config
 
     overrides = {"updates": args.updates, "model": args.model, "device": args.device}
     cfg = load_train_config(args.config, args.method, args.reward, args.seed, **overrides)
     try:
-        summary = Trainer(cfg, args.out, progress=not args.no_progress, on_config_change=args.on_config_change).run()
-    except (NonFiniteError, ConfigChangedError) as error:
+        trainer = Trainer(cfg, args.out, progress=not args.no_progress, on_config_change=args.on_config_change,
+                          config_path=args.config)
+        summary = trainer.run()
+    except (NonFiniteError, ConfigChangedError, MissingModelsError) as error:
         raise SystemExit(f"error: {error}") from error
     print(json.dumps(summary))
 
@@ -193,6 +196,42 @@ def cmd_data(args: argparse.Namespace) -> None:
     subset = openmoji.tiny_subset(train, prompts.TRAIN_WORDS)
     print(f"tiny training subset: {len(subset.captions)} of {len(train.captions)} training images "
           f"({len(heldout.captions)} held out)")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    _set_threads(args.threads)
+    import pandas as pd
+
+    from nabla.bench import BENCH_SCALES, run_bench, write_bench
+
+    frames: dict[str, list] = {}
+    for scale in args.scale:
+        defaults = BENCH_SCALES[scale]
+        result = run_bench(
+            scale, args.config.get(scale) if args.config else defaults["config"], defaults["reward"],
+            updates=args.updates or defaults["updates"], eval_every=defaults["eval_every"],
+            eval_samples=defaults["eval_samples"], methods=args.methods, device=args.device,
+        )
+        for name, frame in result.items():
+            frames.setdefault(name, []).append(frame)
+    for path in write_bench({k: pd.concat(v, ignore_index=True) for k, v in frames.items()}, args.out):
+        print(f"wrote {path}")
+
+
+def cmd_fetch_models(args: argparse.Namespace) -> None:
+    from nabla.hub import MissingModelsError, check_available, fetch
+    from nabla.trainer import config_models
+
+    models = config_models(args.config)
+    if not models:
+        print(f"{args.config} needs no pretrained model from the hub")
+        return
+    try:
+        paths = check_available(models, args.config) if args.check else fetch(models)
+    except MissingModelsError as error:
+        raise SystemExit(f"error: {error}") from error
+    for model, path in paths.items():
+        print(f"{model}: {path}")
 
 
 # -- parser -------------------------------------------------------------------------------------
@@ -314,6 +353,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/smoke")
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_smoke)
+
+    p = commands.add_parser("bench", help="time and memory of every method per update, denoiser passes, "
+                            "the sampler against diffusers' pipeline; writes CSV, Markdown and a figure")
+    p.add_argument("--scale", nargs="+", choices=["toy2d", "tiny"], default=["toy2d", "tiny"])
+    p.add_argument("--methods", nargs="+", help="default: every registered method")
+    p.add_argument("--updates", type=int, help="updates per method (default per scale, see nabla/bench.py)")
+    p.add_argument("--config", type=lambda s: dict(kv.split("=", 1) for kv in s.split(",")),
+                   help="scale=training YAML pairs, comma-separated (default config/train/<scale>.yaml)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="results/bench")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_bench)
+
+    p = commands.add_parser("fetch-models", help="download every pretrained model a config needs (the only "
+                            "command that uses the network); --check only looks them up offline")
+    p.add_argument("--config", required=True, help="a workflow config (config/sd15.yaml) or a training config")
+    p.add_argument("--check", action="store_true", help="do not download: fail listing every missing model")
+    p.set_defaults(func=cmd_fetch_models)
 
     p = commands.add_parser("data", help="render OpenMoji to the cache and print how many images each tiny prompt covers")
     p.add_argument("--data-cache", default=DEFAULT_DATA_CACHE)

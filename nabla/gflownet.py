@@ -131,51 +131,81 @@ class _NablaGFlowNet(Method):
             return torch.zeros_like(x)
         return self.flow(x, t.clamp(min=0), cond if self.options.flow_conditioned else None)
 
-    def base_scores(self, tr: Transitions, x_t, a_t, a_prev, std, cond, uncond):
-        """(forward, reverse) scores the policy's are matched against, without graphs."""
+    def base_scores(self, tr: Transitions, a_t, a_prev, std, cond, uncond, reverse: bool):
+        """(forward, reverse) scores the policy's are matched against, without graphs (reverse
+        only if asked, else zeros)."""
         raise NotImplementedError
 
-    def loss(self, tr: Transitions) -> LossOutput:
+    def _policy_reverse_side(self, x_t, out, mean, tr: Transitions, a_t, std, beta_gamma_t):
+        """(s_θ^rev, ∇r(x_t)) at x_t through θ's forward `out`, for the reverse residual.
+
+        The residual uses only s_θ^rev + γ_t β ∇r(x_t). Unless the reverse loss trains θ (a graph
+        through s_θ^rev, the reward gradient detached), both are gradients at x_t through the same
+        forward, so one VJP gives their sum, returned as the first term with zeros as the second.
+        """
+        o, ptype = self.options, self.backend.prediction_type
+        x0_hat = diffusion.predict_x0(out, x_t, a_t, ptype)
+        if o.reverse_trains_policy:
+            score_rev = diffusion.reverse_score_from_mean(x_t, tr.x_prev, mean, std, create_graph=True, retain_graph=True)
+            return score_rev, self._reward_gradient(x_t, x0_hat, tr.prompts)
+        log_prob = diffusion.gaussian_log_prob(tr.x_prev, mean, std, reduction="sum")
+        reward = self.reward(self.backend.decode(x0_hat), tr.prompts)
+        (combined,) = torch.autograd.grad((log_prob + beta_gamma_t * reward).sum(), x_t, retain_graph=True)
+        return combined.detach(), torch.zeros_like(combined)
+
+    def _losses(self, tr: Transitions, reverse: bool):
+        """Per-sample losses of transitions that all have (or all lack) a reverse term."""
         o = self.options
         eta, ptype = self.sampler.eta, self.backend.prediction_type
         a_t, a_prev, std = self.transition_coefficients(tr)
+        gamma_t = objectives.gamma_schedule(a_t, o.gamma_mode)
         cond, uncond = self.conditions(tr.prompts)
-        reverse = self.uses_reverse_loss
+        # One fine-tuned forward at x_t serves the forward score, the reverse score and ∇r(x_t).
+        x_t = tr.x_t.detach().requires_grad_(reverse)
+        out = self.guided(x_t, tr.t, cond, uncond)
+        mean = diffusion.ddim_mean(out, x_t, a_t, a_prev, eta, ptype)
+        score_fwd = diffusion.forward_score(tr.x_prev, mean, std)
+        zeros = torch.zeros_like(x_t)
+        score_rev, reward_grad_t = zeros, zeros
+        if reverse:
+            score_rev, reward_grad_t = self._policy_reverse_side(x_t, out, mean, tr, a_t, std, o.reward_scale * gamma_t)
+        base_fwd, base_rev = self.base_scores(tr, a_t, a_prev, std, cond, uncond, reverse)
+        flow_prev, reward_grad_prev = self.flow_terms_at_prev(tr, a_prev, cond, uncond)
+        flow_t = self._flow(tr.x_t, tr.t, cond) if reverse else zeros
+        losses = objectives.residual_nabla_db_losses(
+            score_fwd, base_fwd, score_rev, base_rev, flow_prev, flow_t, reward_grad_prev, reward_grad_t,
+            gamma_prev=objectives.gamma_schedule(a_prev, o.gamma_mode), gamma_t=gamma_t,
+            beta=o.reward_scale, kappa=1.0, is_last=tr.is_last, std=std,
+            weighting=o.weighting, reduction=o.reduction,
+        )
+        regularizer = objectives.output_regularizer(out, tr.model_output_old, o.reduction)
+        return losses, regularizer, reward_grad_prev.flatten(1).norm(dim=1)
+
+    def loss(self, tr: Transitions) -> LossOutput:
+        o = self.options
+        # Last transitions (x_prev = x_0) have no reverse term: they skip its gradients and the
+        # prior's graph, so the batch splits into the transitions with and without one.
+        is_last = tr.is_last
+        groups = [(idx, reverse) for idx, reverse in ((~is_last, self.uses_reverse_loss), (is_last, False)) if idx.any()]
         # A double backward through attention needs the math SDPA kernel on CPU.
         attention = sdpa_kernel(SDPBackend.MATH) if o.reverse_trains_policy else nullcontext()
+        terms: dict[str, list[torch.Tensor]] = {k: [] for k in ("total", "forward", "reverse", "terminal", "reg", "grad")}
         with attention:
-            # One fine-tuned forward at x_t serves the forward score, reverse score and ∇r(x_t).
-            x_t = tr.x_t.detach().requires_grad_(True)
-            out = self.guided(x_t, tr.t, cond, uncond)
-            mean = diffusion.ddim_mean(out, x_t, a_t, a_prev, eta, ptype)
-            score_fwd = diffusion.forward_score(tr.x_prev, mean, std)
-            zeros = torch.zeros_like(x_t)
-            score_rev, reward_grad_t = zeros, zeros
-            if reverse:
-                score_rev = diffusion.reverse_score_from_mean(
-                    x_t, tr.x_prev, mean, std, create_graph=o.reverse_trains_policy, retain_graph=True
-                )
-                reward_grad_t = self._reward_gradient(x_t, diffusion.predict_x0(out, x_t, a_t, ptype), tr.prompts)
-            base_fwd, base_rev = self.base_scores(tr, x_t, a_t, a_prev, std, cond, uncond)
-            flow_prev, reward_grad_prev = self.flow_terms_at_prev(tr, a_prev, cond, uncond)
-            flow_t = self._flow(tr.x_t, tr.t, cond) if reverse else zeros
-            losses = objectives.residual_nabla_db_losses(
-                score_fwd, base_fwd, score_rev, base_rev, flow_prev, flow_t, reward_grad_prev, reward_grad_t,
-                gamma_prev=objectives.gamma_schedule(a_prev, o.gamma_mode),
-                gamma_t=objectives.gamma_schedule(a_t, o.gamma_mode),
-                beta=o.reward_scale, kappa=1.0, is_last=tr.is_last, std=std,
-                weighting=o.weighting, reduction=o.reduction,
-            )
-            regularizer = objectives.output_regularizer(out, tr.model_output_old, o.reduction).mean()
-            total = losses.total(o.reverse_loss_weight if reverse else 0.0).mean() + o.output_reg * regularizer
+            for mask, reverse in groups:
+                losses, regularizer, grad_norm = self._losses(tr.select(mask.nonzero().squeeze(1)), reverse)
+                w_b = o.reverse_loss_weight if self.uses_reverse_loss else 0.0
+                terms["total"].append(losses.total(w_b) + o.output_reg * regularizer)
+                for key, value in zip(("forward", "reverse", "terminal", "reg", "grad"), (*losses, regularizer, grad_norm)):
+                    terms[key].append(value)
+        mean = {k: torch.cat(v).mean() for k, v in terms.items()}
         return LossOutput(
-            total,
+            mean["total"],
             {
-                "loss_forward": losses.forward.mean().item(),
-                "loss_reverse": losses.reverse.mean().item(),
-                "loss_terminal": losses.terminal.mean().item(),
-                "loss_output_reg": regularizer.item(),
-                "reward_grad_norm": reward_grad_prev.flatten(1).norm(dim=1).mean().item(),
+                "loss_forward": mean["forward"].item(),
+                "loss_reverse": mean["reverse"].item(),
+                "loss_terminal": mean["terminal"].item(),
+                "loss_output_reg": mean["reg"].item(),
+                "reward_grad_norm": mean["grad"].item(),
             },
         )
 
@@ -186,16 +216,13 @@ class ResidualNablaDB(_NablaGFlowNet):
 
     name = "residual_nabla_db"
 
-    def base_scores(self, tr, x_t, a_t, a_prev, std, cond, uncond):
+    def base_scores(self, tr, a_t, a_prev, std, cond, uncond, reverse):
         kappa = self.options.pretrained_strength
-        x = tr.x_t.detach().requires_grad_(self.uses_reverse_loss)
-        with self.backend.adapter(False), torch.set_grad_enabled(self.uses_reverse_loss):
+        x = tr.x_t.detach().requires_grad_(reverse)
+        with self.backend.adapter(False), torch.set_grad_enabled(reverse):
             out = self.guided(x, tr.t, cond, uncond)
             mean = diffusion.ddim_mean(out, x, a_t, a_prev, self.sampler.eta, self.backend.prediction_type)
-            score_rev = (
-                diffusion.reverse_score_from_mean(x, tr.x_prev, mean, std)
-                if self.uses_reverse_loss else torch.zeros_like(x)
-            )
+            score_rev = diffusion.reverse_score_from_mean(x, tr.x_prev, mean, std) if reverse else torch.zeros_like(x)
         score_fwd = diffusion.forward_score(tr.x_prev, mean.detach(), std)
         return kappa * score_fwd, kappa * score_rev
 
@@ -206,6 +233,6 @@ class NablaDB(_NablaGFlowNet):
 
     name = "nabla_db"
 
-    def base_scores(self, tr, x_t, a_t, a_prev, std, cond, uncond):
+    def base_scores(self, tr, a_t, a_prev, std, cond, uncond, reverse):
         pb_prev, pb_t = objectives.backward_scores(tr.x_t, tr.x_prev, a_t, a_prev)
         return pb_prev, pb_t

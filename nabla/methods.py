@@ -119,6 +119,14 @@ class Transitions:
     def is_last(self) -> torch.Tensor:
         return self.t_prev < 0
 
+    def select(self, index: torch.Tensor) -> "Transitions":
+        """The transitions at `index` (a 1-D tensor of positions), every field alike."""
+        values = {
+            f.name: [v[i] for i in index.tolist()] if isinstance(v, list) else v[index]
+            for f in dataclasses.fields(self) for v in [getattr(self, f.name)]
+        }
+        return dataclasses.replace(self, **values)
+
 
 def gather_transitions(batch: Rollouts, traj_index: torch.Tensor, step_index: torch.Tensor) -> Transitions:
     tr = batch.trajectory

@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from nabla.methods import Method, Rollouts, SamplerConfig, method_class, options_from_dict
 from nabla.metrics.toy2d import distances_to_target
 from nabla.models.base import DiffusionBackend
-from nabla.rewards import build_reward
+from nabla.hub import HubModel, check_available
+from nabla.rewards import build_reward, reward_class
 
 
 class NonFiniteError(RuntimeError):
@@ -69,6 +70,10 @@ class TrainConfig:
     checkpoint_every: int = 50  # updates
     log_every: int = 10  # updates between printed summaries
     device: str = "cpu"
+    # SD scales: dtype of the frozen UNet and text encoder ("float32" or "bfloat16"; the VAE,
+    # LoRA, flow network and every loss stay float32), and UNet gradient checkpointing.
+    frozen_dtype: str = "float32"
+    gradient_checkpointing: bool = False
     # A NaN/inf reward, loss or gradient: "fail" the run, or "stop" it there and finish with the
     # last finite weights, recording the divergence in done.json (a comparison keeps the result).
     on_nonfinite: str = "fail"
@@ -86,6 +91,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
         if self.on_nonfinite not in ("fail", "stop"):
             raise ValueError(f"on_nonfinite must be 'fail' or 'stop', got {self.on_nonfinite!r}")
+        if self.frozen_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"frozen_dtype must be 'float32' or 'bfloat16', got {self.frozen_dtype!r}")
+        if self.scale == "toy2d" and (self.frozen_dtype != "float32" or self.gradient_checkpointing):
+            raise ValueError("frozen_dtype and gradient_checkpointing apply to the SD scales, not toy2d")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
 
@@ -101,6 +110,31 @@ def load_train_config(path: str | Path | None, method: str, reward: str, seed: i
     return options_from_dict(TrainConfig, raw)
 
 
+def required_models(cfg: TrainConfig) -> list[HubModel]:
+    """The pretrained models the run loads from the hub cache: SD at sd15, and the reward's."""
+    from nabla.models.sd import pipeline_model
+
+    models = [pipeline_model(cfg.model)] if cfg.scale == "sd15" else []
+    return models + reward_class(cfg.reward).required_models(**cfg.reward_options)
+
+
+def config_models(path: str | Path) -> list[HubModel]:
+    """Every model a config's runs load: a training config (``scale:`` at the top, each reward
+    under ``rewards:``) or a workflow config (each scale in ``scales`` with its ``train_config``
+    and ``rewards``)."""
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    if "scale" in raw:
+        runs = [(path, list(raw.get("rewards") or {}) or [raw.get("reward", TrainConfig.reward)])]
+    else:
+        scales = raw.get("scales") or [k for k, v in raw.items() if isinstance(v, dict) and "train_config" in v]
+        runs = [(raw[s]["train_config"], raw[s]["rewards"]) for s in scales if "train_config" in raw.get(s, {})]
+    models = []
+    for train_config, rewards in runs:
+        for reward in rewards:
+            models += required_models(load_train_config(train_config, TrainConfig.method, reward, 0))
+    return list(dict.fromkeys(models))
+
+
 def build_backend(cfg: TrainConfig) -> DiffusionBackend:
     if cfg.scale == "toy2d":
         from nabla.models.toy2d import Toy2dBackend
@@ -110,6 +144,10 @@ def build_backend(cfg: TrainConfig) -> DiffusionBackend:
         from nabla.models.sd import SDBackend
 
         backend = SDBackend.from_pretrained(cfg.model).to(cfg.device)
+        if cfg.frozen_dtype != "float32":
+            backend.set_frozen_dtype(getattr(torch, cfg.frozen_dtype))
+        if cfg.gradient_checkpointing:
+            backend.enable_gradient_checkpointing()
     else:
         raise ValueError(f"unknown scale '{cfg.scale}'; known: toy2d, tiny, sd15")
     backend.add_lora(cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed)
@@ -210,9 +248,12 @@ class Trainer:
     changed) deletes the folder's stale checkpoint and results before starting over.
     """
 
-    def __init__(self, cfg: TrainConfig, out: str | Path, progress: bool = True, on_config_change: str = "fail"):
+    def __init__(self, cfg: TrainConfig, out: str | Path, progress: bool = True, on_config_change: str = "fail",
+                 config_path: str | None = None):
         if on_config_change not in ("fail", "restart"):
             raise ValueError(f"on_config_change must be 'fail' or 'restart', got {on_config_change!r}")
+        # Every missing model named at once, before anything loads (config_path: for the message).
+        check_available(required_models(cfg), config_path)
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.on_config_change = on_config_change
         self.out.mkdir(parents=True, exist_ok=True)

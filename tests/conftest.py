@@ -54,3 +54,25 @@ def openmoji_cache(tmp_path_factory):
     if repo_cache.exists():  # a stale copy is re-rendered by load_openmoji
         shutil.copy(repo_cache, cache)
     return cache
+
+
+@pytest.fixture(scope="session")
+def aesthetic_stand_ins(tmp_path_factory):
+    """Aesthetic reward options pointing at a tiny random CLIP folder (the real CLIPModel class)
+    and a random head saved with the LAION predictor's keys (layers.N.weight)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from nabla.rewards.aesthetic import aesthetic_head
+
+    folder = tmp_path_factory.mktemp("aesthetic")
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=12,
+    )
+    CLIPModel(config).save_pretrained(folder / "clip")
+    head = aesthetic_head(12)
+    torch.save({f"layers.{k}": v for k, v in head.state_dict().items()}, folder / "head.pth")
+    return {"clip_model": str(folder / "clip"), "predictor_repo": str(folder), "predictor_file": "head.pth"}

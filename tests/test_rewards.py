@@ -38,8 +38,11 @@ def model_dir(tmp_path_factory, openmoji_cache) -> Path:
     return train_emoji_classifier(openmoji_cache, folder / "model", steps=30, batch_size=16)
 
 
-def make_reward(name: str, model_dir: Path) -> Reward:
-    return build_reward(name, model_dir=model_dir) if name == "emoji_class" else build_reward(name)
+@pytest.fixture()
+def make_reward(model_dir, aesthetic_stand_ins):
+    """Build any registered reward, with small stand-ins for those that load models."""
+    options = {"emoji_class": {"model_dir": model_dir}, "aesthetic": aesthetic_stand_ins}
+    return lambda name: build_reward(name, **options.get(name, {}))
 
 
 def samples_for(reward: Reward, batch: int = 3) -> torch.Tensor:
@@ -70,8 +73,8 @@ def test_unknown_and_missing_options_are_named():
 
 
 @pytest.mark.parametrize("name", sorted(REWARDS))
-def test_shape_gradient_and_frozen(name, model_dir):
-    reward = make_reward(name, model_dir)
+def test_shape_gradient_and_frozen(name, make_reward):
+    reward = make_reward(name)
     x = samples_for(reward).requires_grad_(True)
     value = reward(x, ["heart"] * len(x))
     assert value.shape == (len(x),)

@@ -130,3 +130,51 @@ def test_recorded_trajectory_has_what_training_needs(backend):
     assert traj.model_outputs.shape == (4, 2, 4, 16, 16)
     assert traj.log_probs.shape == (4, 2) and torch.isfinite(traj.log_probs).all()
     assert traj.prev_timesteps[-1] < 0 and traj.timesteps[0] > traj.timesteps[-1]
+
+
+def sd_trainer(model, out, **overrides):
+    from nabla.trainer import TrainConfig, Trainer
+
+    values = dict(
+        scale="tiny", model=str(model), method="residual_nabla_db", reward="colorfulness", updates=1,
+        trajectories_per_round=4, sampler={"num_steps": 4, "eta": 1.0, "guidance_scale": 3.0}, prompts=["cat", "heart"],
+        eval_prompts=["cat"], eval_samples_per_prompt=2, eval_every=0, lora_rank=2,
+        method_options={"transition_fraction": 0.5, "microbatch_size": 8, "flow_channels": [8, 16],
+                        "train_on_previous_round": False, "reward_scale": 100.0},
+    )
+    values.update(overrides)
+    return Trainer(TrainConfig(**values), out, progress=False)
+
+
+def test_bfloat16_frozen_parts_keep_lora_vae_and_losses_in_float32(random_sd_dir, tmp_path):
+    trainer = sd_trainer(random_sd_dir, tmp_path / "run", frozen_dtype="bfloat16")
+    backend = trainer.backend
+    assert backend.unet.conv_in.weight.dtype == torch.bfloat16 and backend.text_encoder.dtype == torch.bfloat16
+    assert backend.vae.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in backend.lora_parameters())
+    assert backend.encode_prompts(["cat"]).dtype == torch.float32
+    before = [p.detach().clone() for p in backend.lora_parameters()]
+    summary = trainer.run()
+    assert summary["step"] == 1 and "diverged_at" not in summary
+    assert any(not torch.equal(a, p) for a, p in zip(before, backend.lora_parameters()))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(random_sd_dir, tmp_path):
+    grads = []
+    for checkpointing in (False, True):
+        trainer = sd_trainer(random_sd_dir, tmp_path / f"run{checkpointing}", gradient_checkpointing=checkpointing)
+        with torch.no_grad():
+            for i, p in enumerate(trainer.backend.lora_parameters()):
+                p.copy_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
+        calls = []
+        for module in trainer.backend.unet.modules():  # count the recomputed blocks
+            if getattr(module, "gradient_checkpointing", False):
+                inner = module._gradient_checkpointing_func
+                module._gradient_checkpointing_func = lambda *a, inner=inner, **k: calls.append(1) or inner(*a, **k)
+        batch = trainer._collect()
+        micro = trainer.method.plan(batch, torch.Generator().manual_seed(0))[0][0]
+        trainer.method.loss(micro).loss.backward()
+        grads.append([p.grad.clone() for p in trainer.backend.lora_parameters()])
+        assert bool(calls) == checkpointing
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)

@@ -94,3 +94,22 @@ def test_tiny_comparison_plans_its_reward_and_feature_networks(tmp_path):
 def test_toy2d_training_curves_measure_against_the_evaluated_target():
     train = yaml.safe_load((ROOT / default_config()["toy2d"]["train_config"]).read_text())
     assert train["eval_target_beta"] == default_config()["toy2d"]["evaluation"]["beta"]
+
+
+def test_sd15_config_validates_and_runs_only_the_sd15_scale():
+    config = default_config()
+    config.update(yaml.safe_load((ROOT / "config" / "sd15.yaml").read_text()))  # as --configfile merges
+    validate(config, SCHEMA)
+    assert config["scales"] == ["sd15"] and config["sd15"]["rewards"] == ["aesthetic"]
+    train = yaml.safe_load((ROOT / config["sd15"]["train_config"]).read_text())
+    assert train["sampler"] == {"num_steps": 50, "eta": 1.0, "guidance_scale": 5.0} and train["lora_rank"] == 8
+    assert set(train["methods"]) == set(available_methods())
+
+
+@pytest.mark.slow
+def test_sd15_slurm_dry_run_asks_a_gpu_per_training_job_and_checks_models_first():
+    out = dry_run("--profile", "profiles/slurm", "--configfile", "config/sd15.yaml")
+    jobs = dict(line.split() for line in out.split("Job stats:")[1].split("total")[0].splitlines()[3:] if line.strip())
+    assert jobs == {"check_sd15_models": "1", "train": "21", "all": "1"}
+    train = out.split("rule train:")[1].split("rule ")[0]
+    assert "gpu=1" in train and "runtime=720" in train and "slurm_partition=gpu" in train

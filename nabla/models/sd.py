@@ -18,8 +18,15 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 
+from nabla.hub import HubModel
 from nabla.models.base import DiffusionBackend
 
+#: the files of a diffusers SD folder that the backend loads (not the single-file checkpoints)
+PIPELINE_FILES = (
+    "model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/config.json", "text_encoder/model.safetensors",
+    "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+)
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
@@ -35,6 +42,10 @@ def fetch_hint(model_id: str) -> str:
         f"internet:  hf download {model_id}   (or: python -c \"from huggingface_hub import "
         f"snapshot_download; snapshot_download('{model_id}')\"), then copy the cache here."
     )
+
+
+def pipeline_model(model: str | Path) -> HubModel:
+    return HubModel(str(model), purpose="Stable-Diffusion-shaped prior", allow_patterns=PIPELINE_FILES)
 
 
 def _hf_home() -> str:
@@ -95,6 +106,24 @@ class SDBackend(DiffusionBackend):
         self._prompt_cache.clear()
         return self
 
+    def set_frozen_dtype(self, dtype: torch.dtype) -> "SDBackend":
+        """Hold the frozen UNet and text encoder in `dtype` (bfloat16 halves their memory).
+
+        The VAE stays in float32: the reward gradient flows back through its decoder, and the
+        release found reward gradients in bfloat16 too inaccurate. LoRA weights stay float32, and
+        outputs come back as float32 (``model_output``), so every loss is computed in float32.
+        """
+        self.unet.to(dtype)
+        self.text_encoder.to(dtype)
+        for p in self.lora_parameters():
+            p.data = p.data.float()
+        self._prompt_cache.clear()
+        return self
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the UNet's blocks in the backward pass: activation memory for compute."""
+        self.unet.enable_gradient_checkpointing()
+
     # -- conditioning -------------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -109,7 +138,7 @@ class SDBackend(DiffusionBackend):
                 return_tensors="pt",
             ).input_ids.to(self.device)
             for prompt, embedding in zip(missing, self.text_encoder(ids)[0]):
-                self._prompt_cache[prompt] = embedding
+                self._prompt_cache[prompt] = embedding.float()  # float32 whatever the encoder's dtype
         return torch.stack([self._prompt_cache[p] for p in prompts])
 
     # -- denoiser -----------------------------------------------------------------------------

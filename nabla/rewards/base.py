@@ -26,6 +26,11 @@ class Reward(nn.Module):
         """One reward per sample, shape (B,), differentiable w.r.t. ``samples``."""
         raise NotImplementedError
 
+    @staticmethod
+    def required_models(**options: Any) -> list:
+        """The pretrained models (:class:`nabla.hub.HubModel`) the reward loads with these options."""
+        return []
+
     def freeze(self) -> "Reward":
         """No parameter trains and the module is in eval mode (returns self)."""
         self.requires_grad_(False)
@@ -62,6 +67,12 @@ def reward_options(cls: type[Reward]) -> dict[str, Any]:
     return {p.name: p.default for p in named if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
+def reward_class(name: str) -> type[Reward]:
+    if name not in REWARDS:
+        raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(sorted(REWARDS))}")
+    return REWARDS[name]
+
+
 def build_reward(name: str, **options: Any) -> Reward:
     """The reward registered as ``name``, built with ``options``, frozen and in eval mode.
 
@@ -69,9 +80,7 @@ def build_reward(name: str, **options: Any) -> Reward:
     option the reward does not take or a required one left out (checked here, so the message
     names the reward rather than its class's __init__).
     """
-    if name not in REWARDS:
-        raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(sorted(REWARDS))}")
-    cls = REWARDS[name]
+    cls = reward_class(name)
     known = reward_options(cls)
     unknown = sorted(set(options) - set(known))
     if unknown:
@@ -85,4 +94,4 @@ def build_reward(name: str, **options: Any) -> Reward:
     return cls(**options).freeze()
 
 
-__all__ = ["Reward", "REWARDS", "register_reward", "reward_options", "build_reward"]
+__all__ = ["Reward", "REWARDS", "register_reward", "reward_class", "reward_options", "build_reward"]

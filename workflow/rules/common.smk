@@ -1,6 +1,8 @@
 # Shared paths and helpers of the rules.
 import os
 
+from snakemake.exceptions import WorkflowError
+
 RUNS = "runs"  # heavy per-run outputs (models, checkpoints): git-ignored
 ENV = "../../environment.yml"  # relative to this rules folder
 
@@ -8,6 +10,15 @@ ENV = "../../environment.yml"  # relative to this rules folder
 wildcard_constraints:
     scale="toy2d|tiny|sd15",
     seed=r"\d+",
+
+
+def all_cores(cluster_threads=8):
+    """Threads of a job that uses every core: all local cores, or `cluster_threads` under a
+    cluster executor, where snakemake has no core count (workflow.cores raises there)."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return cluster_threads
 
 
 def prior_dir(scale):
@@ -20,8 +31,16 @@ def folder_of(name):
 
 
 def prior_marker(scale):
-    """The file whose existence means the scale's prior is pretrained."""
+    """The file whose existence means the scale's prior is ready: pretrained here, or (sd15)
+    every model the runs load found in the local Hugging Face cache."""
+    if scale == "sd15":
+        return f"{RUNS}/sd15/models_available.txt"
     return f"{prior_dir(scale)}/" + ("config.json" if scale == "toy2d" else "model_index.json")
+
+
+def model_option(scale):
+    """The train command's --model: the prior pretrained here; sd15's comes from its train config."""
+    return "" if scale == "sd15" else f"--model {prior_dir(scale)}"
 
 
 REWARD_MODEL = f"{RUNS}/tiny/reward/emoji_classifier.safetensors"  # the learned reward (emoji_class)
@@ -57,3 +76,17 @@ def evaluation_options(scale):
 def toy2d_figure_files():
     return expand("results/toy2d/figures/{kind}_{reward}.{ext}", kind=["curves", "tradeoff", "samples"],
                   reward=config["toy2d"]["rewards"], ext=["png", "pdf"])
+
+
+def all_targets():
+    """What `all` builds for the scales in config["scales"] (rules are defined by the time it runs)."""
+    scales, targets = config["scales"], []
+    if "toy2d" in scales:
+        targets += [rules.toy2d_tables.output, rules.figures.input]
+    if "tiny" in scales:
+        targets.append("results/tiny/prior_samples.png")
+        # the tiny comparison is opt-in (tiny.methods) until it fits the default's time budget
+        targets += [rules.tiny_tables.output] if config["tiny"]["methods"] else []
+    if "sd15" in scales:
+        targets += run_dones("sd15")  # evaluation at sd15 waits for its feature backends
+    return targets

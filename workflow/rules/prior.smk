@@ -23,7 +23,7 @@ rule pretrain_tiny_prior:
     params:
         out=folder_of("model"),
         prior=config["tiny"]["prior"],
-    threads: workflow.cores
+    threads: all_cores()
     resources:
         gpu=0,
     conda:
@@ -44,7 +44,7 @@ rule prior_samples:
     params:
         model=folder_of("model"),
         grid=config["tiny"]["prior_samples"],
-    threads: workflow.cores
+    threads: all_cores()
     conda:
         ENV
     shell:

@@ -17,6 +17,21 @@ rule pretrain_toy2d_prior:
         " --steps {params.prior[steps]} --threads {threads} > {log} 2>&1"
 
 
+# sd15 loads SD 1.5 and the reward models from the local Hugging Face cache: this job fails at
+# once, naming every missing model and the command that fetches them, before any GPU job starts.
+rule check_sd15_models:
+    input:
+        config["sd15"]["train_config"],
+    output:
+        prior_marker("sd15"),
+    log:
+        "logs/sd15/check_models.log",
+    conda:
+        ENV
+    shell:
+        "python -m nabla fetch-models --check --config {input} > {output} 2> {log}"
+
+
 rule train:
     input:
         prior=lambda w: prior_marker(w.scale),
@@ -28,7 +43,7 @@ rule train:
         "logs/{scale}/train/{reward}/{method}/seed{seed}.log",
     params:
         out=folder_of("done"),
-        prior=lambda w: prior_dir(w.scale),
+        model=lambda w: model_option(w.scale),
     threads: 1
     resources:
         gpu=lambda w: int(w.scale == "sd15"),
@@ -36,5 +51,5 @@ rule train:
         ENV
     shell:
         "python -m nabla train --method {wildcards.method} --reward {wildcards.reward}"
-        " --seed {wildcards.seed} --config {input.config} --model {params.prior} --out {params.out}"
+        " --seed {wildcards.seed} --config {input.config} {params.model} --out {params.out}"
         " --on-config-change restart --threads {threads} --no-progress > {log} 2>&1"

@@ -1,0 +1,107 @@
+"""The pretrained models a run needs, where they are, and the one command that fetches them.
+
+Nothing at run time downloads: every model resolves to a local folder or file, or to the local
+Hugging Face cache (``local_files_only``). ``check_available`` looks every model up before any
+work starts and raises one :class:`MissingModelsError` naming all that are missing and the command
+that fetches them (``python -m nabla fetch-models --config ...``), run on a machine with internet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+FETCH_COMMAND = "python -m nabla fetch-models --config {config}"
+
+
+@dataclass(frozen=True)
+class HubModel:
+    """A model repository (``filename=None``: a whole snapshot) or one file of one, and its use."""
+
+    repo_id: str
+    filename: str | None = None
+    purpose: str = ""
+    #: a snapshot's files to fetch (None: all of them); SD 1.5's repository also holds 8 GB of
+    #: single-file checkpoints that the diffusers folders do not need
+    allow_patterns: tuple[str, ...] | None = None
+
+    def __str__(self) -> str:
+        name = self.repo_id if self.filename is None else f"{self.repo_id}/{self.filename}"
+        return f"{name} ({self.purpose})" if self.purpose else name
+
+    @property
+    def is_local(self) -> bool:
+        """A path on disk given in place of a hub id (a folder or a file)."""
+        return Path(self.repo_id).exists() or self.repo_id.startswith((".", "/"))
+
+
+class MissingModelsError(FileNotFoundError):
+    """Models neither on disk nor in the local Hugging Face cache; the message lists them all."""
+
+    def __init__(self, missing: Sequence[HubModel], config: str | None = None):
+        self.missing = list(missing)
+        from huggingface_hub import constants
+
+        lines = "\n".join(f"  - {m}" for m in self.missing)
+        fetch = FETCH_COMMAND.format(config=config or "<your config>")
+        super().__init__(
+            f"{len(self.missing)} model(s) are not on this machine (local paths or the Hugging Face cache at "
+            f"HF_HOME={constants.HF_HOME}); nothing is downloaded at run time:\n{lines}\n"
+            f"Fetch them on a machine with internet with:  {fetch}\n"
+            f"then copy its Hugging Face cache here (or set HF_HOME to a shared copy)."
+        )
+
+
+def local_path(model: HubModel) -> Path | None:
+    """Where the model is on this machine, or None; never touches the network."""
+    if model.is_local:
+        path = Path(model.repo_id) if model.filename is None else Path(model.repo_id) / model.filename
+        return path if path.exists() else None
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        if model.filename is None:
+            return Path(snapshot_download(model.repo_id, local_files_only=True))
+        return Path(hf_hub_download(model.repo_id, model.filename, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+        return None
+
+
+def resolve(model: HubModel, config: str | None = None) -> Path:
+    """The model's local path; MissingModelsError (with the fetch command) if it has none."""
+    path = local_path(model)
+    if path is None:
+        raise MissingModelsError([model], config)
+    return path
+
+
+def check_available(models: Iterable[HubModel], config: str | None = None) -> dict[HubModel, Path]:
+    """Every model's local path, or one MissingModelsError listing every missing one."""
+    found, missing = {}, []
+    for model in dict.fromkeys(models):  # unique, in order
+        path = local_path(model)
+        if path is None:
+            missing.append(model)
+        else:
+            found[model] = path
+    if missing:
+        raise MissingModelsError(missing, config)
+    return found
+
+
+def fetch(models: Iterable[HubModel]) -> dict[HubModel, Path]:
+    """Download what is not on disk yet (the only function here that uses the network)."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    paths = {}
+    for model in dict.fromkeys(models):
+        path = local_path(model)
+        if path is None and model.is_local:
+            raise FileNotFoundError(f"{model} is a local path that does not exist; it cannot be fetched")
+        if path is None:
+            path = Path(snapshot_download(model.repo_id, allow_patterns=model.allow_patterns) if model.filename is None
+                        else hf_hub_download(model.repo_id, model.filename))
+        paths[model] = path
+    return paths

@@ -1,0 +1,42 @@
+"""The benchmark's plumbing on toy2d with two methods and a few updates (its figures are not asserted)."""
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from nabla.bench import peak_memory, ratios_to, run_bench, write_bench
+
+
+@pytest.mark.slow
+def test_bench_writes_every_method_row_curve_and_table(toy_prior_dir, tmp_path):
+    config = yaml.safe_load(open("config/train/toy2d.yaml"))
+    config.update(model=str(toy_prior_dir), trajectories_per_round=16, eval_samples_per_prompt=32,
+                  sampler={"num_steps": 8, "eta": 1.0, "guidance_scale": 1.0})
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(config))
+    frames = run_bench("toy2d", tmp_path / "toy.yaml", "linear", updates=3, eval_every=1, eval_samples=32,
+                       methods=["residual_nabla_db", "draft"], progress=lambda _: None)
+    methods = frames["methods"].set_index("method")
+    assert list(methods.index) == ["residual_nabla_db", "draft"]
+    assert (methods["seconds_per_update"] > 0).all() and (methods["denoiser_unit_seconds"] > 0).all()
+    # residual ∇-DB trains on transitions (pass counts), DRaFT on chains (none)
+    assert methods.loc["residual_nabla_db", "forward_rows_prior_per_transition"] == 1
+    assert pd.isna(methods.loc["draft", "forward_rows_prior_per_transition"])
+    assert set(frames["curves"]["step"]) == {0, 1, 2, 3} and "sampler" not in frames
+    written = write_bench(frames, tmp_path / "bench")
+    assert {p.name for p in written} >= {"methods.csv", "curves.csv", "bench.md", "reward_toy2d.png"}
+    table = (tmp_path / "bench" / "bench.md").read_text()
+    assert "| residual ∇-DB |" in table and "| DRaFT-1 | " in table
+
+
+def test_ratios_are_to_draft_in_the_same_frame():
+    frame = pd.DataFrame({"method": ["a", "draft", "b"], "seconds_per_update": [3.0, 1.5, 0.75]})
+    assert ratios_to(frame).tolist() == [2.0, 1.0, 0.5]
+    assert ratios_to(frame.iloc[[0, 2]]).isna().all()
+
+
+def test_peak_memory_sees_an_allocation_held_inside_the_block():
+    with peak_memory(torch.device("cpu")) as memory:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        block.add_(1)
+    assert 48 < memory["mib"] < 256
