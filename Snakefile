@@ -23,8 +23,9 @@ localrules:
     check_sd15_models,
     toy2d_tables,
     tiny_tables,
-    toy2d_curves,
+    curves,
     toy2d_figures,
+    tiny_figures,
     figures,
 
 

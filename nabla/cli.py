@@ -176,11 +176,9 @@ def cmd_curves(args: argparse.Namespace) -> None:
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
-    from nabla.report.figures import toy2d_figures
+    from nabla.report.figures import image_figures, toy2d_figures
 
-    if args.scale != "toy2d":
-        raise SystemExit(f"error: figures of the {args.scale} scale are not written yet; toy2d only")
-    written = toy2d_figures(args.results)
+    written = toy2d_figures(args.results) if args.scale == "toy2d" else image_figures(args.results, args.scale)
     print("wrote " + ", ".join(map(str, written)))
 
 

@@ -17,6 +17,7 @@ import yaml
 from nabla.metrics.features import build_features
 from nabla.metrics.images import diversity, fid_to_prior
 from nabla.metrics.toy2d import component_masses, distances_to_target, energy_distance
+from nabla.report.grids import png_base64
 from nabla.rewards import build_reward
 from nabla.sampling import rollout, sample_images
 from nabla.trainer import TrainConfig, build_backend, options_from_dict
@@ -25,6 +26,7 @@ from nabla.trainer import TrainConfig, build_backend, options_from_dict
 EVAL_SEED_OFFSET = 0
 #: samples stored in a metrics file for the sample figures (small enough to commit)
 PLOT_SAMPLES = 400
+GRID_SEEDS = 4  # image scales: seeds per prompt kept (as a PNG strip) for the sample grids
 
 
 def load_run(run_dir: str | Path, prior_only: bool = False):
@@ -80,7 +82,11 @@ def evaluate_images(backend, cfg: TrainConfig, features, samples_per_prompt: int
     with backend.adapter(False):
         prior_images = sample_images(backend, prompts, seeds, **sampler)
     f, f_prior = features(images), features(prior_images)
+    # for the sample-grid figure: the first GRID_SEEDS seeds of every prompt, the same in every run
+    shown = [i for i, s in enumerate(seeds) if s - EVAL_SEED_OFFSET < GRID_SEEDS]
     return {
+        "sample_strip": png_base64(images[shown]),
+        "sample_strip_prompts": [prompts[i] for i in shown],
         "reward_mean": reward(images, prompts).mean().item(),
         "diversity": diversity(f, prompts),
         **fid_to_prior(f, f_prior, prompts),

@@ -7,6 +7,7 @@ import pytest
 from nabla.cli import main
 from nabla.data.toy2d import circle_mixture, tilt_linear
 from nabla.metrics.toy2d import mixture_energy_distance
+from nabla.report.grids import from_png_base64
 from nabla.trainer import TrainConfig, Trainer
 
 
@@ -87,6 +88,9 @@ def test_tiny_evaluation_reports_diversity_and_fid_to_the_prior(random_sd_dir, o
     main(["evaluate", "--prior", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "p.json"), "--features", str(features), "--samples", "4"])
     tuned, prior = (json.loads((tmp_path / f).read_text()) for f in ("m.json", "p.json"))
     assert tuned["num_samples"] == 8 and tuned["method"] == "draft" and prior["method"] == "pretrained"
+    # the sample grid's strip: the first 4 seeds of each prompt, as a PNG in the JSON
+    assert tuned["sample_strip_prompts"] == ["cat"] * 4 + ["heart"] * 4
+    assert from_png_base64(tuned["sample_strip"], 8).shape == (8, 3, 32, 32)
     # same noise with the adapter off gives the prior's images again (0 up to float error); the
     # LoRA moved the images by orders of magnitude more
     assert abs(prior["fid_to_prior"]) < 1e-6, prior

@@ -5,6 +5,7 @@ import json
 import matplotlib.colors as mcolors
 import pandas as pd
 import pytest
+import torch
 
 from nabla.data.toy2d import circle_mixture
 from nabla.report.curves import collect_curves, run_curves
@@ -74,3 +75,11 @@ def test_toy2d_figures_redraw_from_results_alone(tmp_path):
     names = sorted(p.name for p in written)
     assert names == sorted(f"{k}_linear.{e}" for k in ("curves", "tradeoff", "samples") for e in ("png", "pdf"))
     assert all(p.stat().st_size > 1000 for p in written)
+
+
+def test_sample_strip_round_trips_through_png_base64():
+    from nabla.report.grids import from_png_base64, png_base64
+
+    images = torch.rand(5, 3, 8, 6)
+    quantised = (images * 255).round() / 255
+    torch.testing.assert_close(from_png_base64(png_base64(images), 5), quantised, rtol=0, atol=1e-6)

@@ -41,3 +41,12 @@ def test_round_trips_through_from_pretrained_with_padding(tmp_path):
     ids = tokenizer("cat", padding="max_length", max_length=tokenizer.model_max_length).input_ids
     assert len(ids) == 8
     assert ids[0] == tokenizer.bos_token_id and ids[2:] == [tokenizer.eos_token_id] * 6
+
+
+def test_rewriting_a_saved_tokenizer_folder_replaces_it(tmp_path):
+    """Pretraining again into a prior's folder: its saved tokenizer.json must not win."""
+    write_word_tokenizer(["cat", "dog"], tmp_path).save_pretrained(tmp_path)  # adds tokenizer.json
+    assert (tmp_path / "tokenizer.json").exists()
+    tokenizer = write_word_tokenizer(["heart", "smiling", "moon"], tmp_path)
+    assert len(tokenizer.tokenize("smiling")) == 1
+    assert len(CLIPTokenizer.from_pretrained(tmp_path)) == len(tokenizer)

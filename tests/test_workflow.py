@@ -1,8 +1,10 @@
 """The Snakemake layer: config schema (defaults, enums that match the registries) and profiles."""
 
 import copy
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,39 @@ def test_sd15_slurm_dry_run_asks_a_gpu_per_training_job_and_checks_models_first(
     assert jobs == {"check_sd15_models": "1", "train": "21", "all": "1"}
     train = out.split("rule train:")[1].split("rule ")[0]
     assert "gpu=1" in train and "runtime=720" in train and "slurm_partition=gpu" in train
+
+
+@pytest.mark.slow
+def test_tiny_comparison_runs_end_to_end_to_its_figures(random_sd_dir, openmoji_cache, tmp_path):
+    """Two methods, one seed, two updates, on a random SD prior standing in for the pretrained one."""
+    import shutil
+
+    for name in ("Snakefile", "workflow", "config", "environment.yml"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    (tmp_path / "runs" / "data").mkdir(parents=True)
+    shutil.copy(openmoji_cache, tmp_path / "runs" / "data" / "openmoji32.npz")  # older than the prior
+    shutil.copytree(random_sd_dir, tmp_path / "runs" / "tiny" / "prior")
+    (tmp_path / "runs" / "tiny" / "prior" / "pretrain_log.csv").write_text("stage,step,loss,seconds\n")
+    for path in (tmp_path / "runs" / "tiny" / "prior").rglob("*"):  # newer than its input
+        os.utime(path)
+    old = time.time() - 3600
+    os.utime(tmp_path / "runs" / "data" / "openmoji32.npz", (old, old))
+    train = yaml.safe_load((ROOT / "config/train/tiny.yaml").read_text())
+    train.update(updates=2, trajectories_per_round=4, sampler={"num_steps": 3, "eta": 1.0, "guidance_scale": 3.0},
+                 eval_prompts=["cat", "heart"], eval_samples_per_prompt=2, eval_every=1, checkpoint_every=2)
+    train["methods"]["residual_nabla_db"].update(microbatch_size=8, flow_channels=[8, 16], transition_fraction=0.5)
+    (tmp_path / "config/train/tiny.yaml").write_text(yaml.safe_dump(train))
+    config = default_config()
+    config["tiny"].update(methods=["residual_nabla_db", "draft"], seeds=[0], features={"seed": 1, "steps": 20},
+                          evaluation={"samples": 4})
+    (tmp_path / "mini.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "snakemake", "tiny_figures", "--cores", "2", "--configfile", "mini.yaml"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "pretrain_tiny_prior" not in result.stdout + result.stderr  # the stand-in prior was kept
+    figures = sorted(p.name for p in (tmp_path / "results/tiny/figures").iterdir())
+    kinds = ("curves", "tradeoff_diversity", "tradeoff_fid_to_prior", "samples")
+    assert figures == sorted(f"{k}_colorfulness.{e}" for k in kinds for e in ("png", "pdf"))
+    summary = (tmp_path / "results/tiny/summary.csv").read_text()
+    assert all(m in summary for m in ("pretrained", "residual_nabla_db", "draft")) and "sample_strip" not in summary

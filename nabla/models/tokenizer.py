@@ -10,9 +10,10 @@ whose result is missing), and an unknown word falls back to pieces instead of fa
 
 from __future__ import annotations
 
-import json
 import heapq
+import json
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -93,7 +94,9 @@ def write_word_tokenizer(words: Iterable[str], directory: str | Path, max_length
     vocab_tokens = list(dict.fromkeys(vocab_tokens)) + [BOS, EOS]
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    # A saved pipeline's tokenizer.json would take precedence over the files written here.
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
     (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab_tokens)}))
     (directory / "merges.txt").write_text(
         "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)

@@ -172,6 +172,12 @@ def toy2d_samples_figure(records: Sequence[dict], extent: float = 7.0, title: st
     return fig
 
 
+def seed_records(results: Path, methods: Sequence[str], reward: str, seed: int) -> list[dict]:
+    """The metrics JSONs of one seed's runs (and the prior's row), in the methods' fixed order."""
+    paths = [results / "metrics" / reward / method / f"seed{seed}.json" for method in ordered(methods)]
+    return [json.loads(path.read_text()) for path in paths if path.exists()]
+
+
 def toy2d_figures(results: str | Path, seed: int = 0) -> list[Path]:
     """Every toy2d figure from results/toy2d/{summary.csv, curves.csv, metrics/}."""
     results = Path(results)
@@ -188,11 +194,50 @@ def toy2d_figures(results: str | Path, seed: int = 0) -> list[Path]:
                             "energy distance to the prior (toy analogue of FID-to-prior)", "mean reward", target),
             figures / f"tradeoff_{reward}",
         )
-        records = [
-            json.loads(path.read_text())
-            for method in ordered(summary.loc[summary["reward"] == reward, "method"])
-            for path in [results / "metrics" / reward / method / f"seed{seed}.json"]
-            if path.exists()
-        ]
+        records = seed_records(results, summary.loc[summary["reward"] == reward, "method"], reward, seed)
         written += save(toy2d_samples_figure(records, title=f"{target}; seed {seed}"), figures / f"samples_{reward}")
+    return written
+
+
+#: image scales' curves: only the reward is evaluated during training (diversity and FID at the end)
+IMAGE_CURVES = (("eval_reward_mean", "mean held-out reward", False),)
+
+
+def image_samples_figure(records: Sequence[dict], title: str = ""):
+    """One row per method: its evaluation images of the same prompts and seeds (the same noise)."""
+    from nabla.report.grids import from_png_base64, image_grid
+
+    prompts = records[0]["sample_strip_prompts"]
+    tiles = torch.cat([from_png_base64(r["sample_strip"], len(prompts)) for r in records])
+    # Row labels drawn by matplotlib: PIL's default font has no "∇".
+    grid = image_grid(tiles, [""] * len(records), upscale=2, label_width=2)
+    fig, ax = plt.subplots(figsize=(grid.width / 100 + 1.3, grid.height / 100 + 0.6))
+    ax.imshow(np.asarray(grid))
+    for row, record in enumerate(records):
+        y = (row + 0.5) * grid.height / len(records)
+        ax.text(-6, y, METHOD_LABELS.get(record["method"], record["method"]), ha="right", va="center", fontsize=8,
+                color=METHOD_COLORS.get(record["method"], "black"))
+    ax.set_axis_off()
+    columns = " | ".join(dict.fromkeys(prompts))
+    ax.set_title(f"{title}\ncolumns: {columns} (seeds 0–{prompts.count(prompts[0]) - 1} each)", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def image_figures(results: str | Path, scale: str, seed: int = 0) -> list[Path]:
+    """Every figure of an image scale from results/<scale>/{summary.csv, curves.csv, metrics/}."""
+    results = Path(results)
+    summary = pd.read_csv(results / "summary.csv")
+    curves = pd.read_csv(results / "curves.csv")
+    written: list[Path] = []
+    figures = results / "figures"
+    for reward in summary["reward"].unique():
+        rows = summary[summary["reward"] == reward]
+        title = f"{scale}, reward {reward}, held-out prompts"
+        written += save(curve_figure(curves[curves["reward"] == reward], IMAGE_CURVES, title), figures / f"curves_{reward}")
+        for column, label in (("diversity", "diversity (mean pairwise distance)"), ("fid_to_prior", "FID to the prior")):
+            fig = tradeoff_figure(rows, column, "reward_mean", label, "mean reward", title)
+            written += save(fig, figures / f"tradeoff_{column}_{reward}")
+        records = seed_records(results, rows["method"], reward, seed)
+        written += save(image_samples_figure(records, f"{title}; run seed {seed}"), figures / f"samples_{reward}")
     return written

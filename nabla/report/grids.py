@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from pathlib import Path
 from typing import Sequence
 
@@ -46,3 +48,19 @@ def save_grid(images: torch.Tensor, row_labels: Sequence[str], path: str | Path,
     path.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images, row_labels, **kwargs).save(path)
     return path
+
+
+def png_base64(images: torch.Tensor) -> str:
+    """(N, 3, H, W) images in [0, 1] as one row of tiles, a PNG in base64 (small enough for JSON)."""
+    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(2, 0, 3, 1).cpu().numpy()
+    strip = np.ascontiguousarray(pixels.reshape(pixels.shape[0], -1, 3))  # H × (N·W) × 3
+    buffer = io.BytesIO()
+    Image.fromarray(strip).save(buffer, format="PNG", optimize=True)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def from_png_base64(text: str, count: int) -> torch.Tensor:
+    """Inverse of ``png_base64``: the `count` tiles, (count, 3, H, W) in [0, 1]."""
+    strip = np.asarray(Image.open(io.BytesIO(base64.b64decode(text))).convert("RGB"))
+    tiles = strip.reshape(strip.shape[0], count, -1, 3).transpose(1, 3, 0, 2)
+    return torch.from_numpy(np.ascontiguousarray(tiles)).float() / 255

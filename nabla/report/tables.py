@@ -15,7 +15,7 @@ METHOD_ORDER = (
 
 
 #: metrics-file entries that only the figures read (samples, the target's parameters)
-FIGURE_ONLY = ("samples", "target")
+FIGURE_ONLY = ("samples", "target", "sample_strip", "sample_strip_prompts")
 
 
 def summary_frame(metric_files: Iterable[str | Path]) -> pd.DataFrame:

@@ -73,6 +73,12 @@ def evaluation_options(scale):
     return f"--features {os.path.dirname(FEATURES)} --samples {e['samples']}"
 
 
+def image_figure_files(scale):
+    kinds = ["curves", "tradeoff_diversity", "tradeoff_fid_to_prior", "samples"]
+    return expand(f"results/{scale}/figures/{{kind}}_{{reward}}.{{ext}}", kind=kinds,
+                  reward=config[scale]["rewards"], ext=["png", "pdf"])
+
+
 def toy2d_figure_files():
     return expand("results/toy2d/figures/{kind}_{reward}.{ext}", kind=["curves", "tradeoff", "samples"],
                   reward=config["toy2d"]["rewards"], ext=["png", "pdf"])
@@ -86,7 +92,7 @@ def all_targets():
     if "tiny" in scales:
         targets.append("results/tiny/prior_samples.png")
         # the tiny comparison is opt-in (tiny.methods) until it fits the default's time budget
-        targets += [rules.tiny_tables.output] if config["tiny"]["methods"] else []
+        targets += [rules.tiny_tables.output, rules.tiny_figures.output] if config["tiny"]["methods"] else []
     if "sd15" in scales:
         targets += run_dones("sd15")  # evaluation at sd15 waits for its feature backends
     return targets

@@ -20,13 +20,13 @@ rule toy2d_tables:
         " --vector-columns masses --title 'toy2d, exact target p#·exp(βr)' > {log} 2>&1"
 
 
-rule toy2d_curves:
+rule curves:
     input:
-        run_dones("toy2d"),
+        lambda w: run_dones(w.scale),
     output:
-        "results/toy2d/curves.csv",
+        "results/{scale}/curves.csv",
     log:
-        "logs/toy2d/curves.log",
+        "logs/{scale}/curves.log",
     params:
         runs=lambda w, input: [os.path.dirname(f) for f in input],
     conda:
@@ -39,7 +39,7 @@ rule toy2d_curves:
 rule toy2d_figures:
     input:
         summary=rules.toy2d_tables.output.summary,
-        curves=rules.toy2d_curves.output,
+        curves="results/toy2d/curves.csv",
         metrics=metric_files("toy2d"),
     output:
         [report(f, caption="../report/toy2d_figures.rst", category="toy2d") if f.endswith(".png") else f
@@ -52,11 +52,6 @@ rule toy2d_figures:
         ENV
     shell:
         "python -m nabla figures --scale toy2d --results {params.results} > {log} 2>&1"
-
-
-rule figures:
-    input:
-        rules.toy2d_figures.output,
 
 
 rule tiny_tables:
@@ -75,6 +70,30 @@ rule tiny_tables:
         "python -m nabla aggregate --metrics {input} --summary {output.summary} --table {params.stem}"
         " --columns reward_mean diversity fid_to_prior fid_to_prior_pooled"
         " --title 'tiny, held-out prompts' > {log} 2>&1"
+
+
+rule tiny_figures:
+    input:
+        summary=rules.tiny_tables.output.summary,
+        curves="results/tiny/curves.csv",
+        metrics=metric_files("tiny"),
+    output:
+        [report(f, caption="../report/tiny_figures.rst", category="tiny") if f.endswith(".png") else f
+         for f in image_figure_files("tiny")],
+    log:
+        "logs/tiny/figures.log",
+    params:
+        results=lambda w, input: os.path.dirname(input.summary),
+    conda:
+        ENV
+    shell:
+        "python -m nabla figures --scale tiny --results {params.results} > {log} 2>&1"
+
+
+rule figures:
+    input:
+        rules.toy2d_figures.output,
+        rules.tiny_figures.output if config["tiny"]["methods"] else [],
 
 
 # The benchmark (not part of `all`): `snakemake --cores all bench`; see nabla/bench.py.
