@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from nabla import diffusion
+from nabla import diffusion, distributed
 from nabla.methods import LossOutput, Method, Rollouts, Transitions, chunk, gather_transitions, register_method
 
 STD_EPS = 1e-6  # added to the reward std before dividing, as the release does
@@ -131,9 +131,15 @@ class DDPO(Method):
         self.tracker = PerPromptStatTracker(options.buffer_size, options.min_count)
 
     def advantages(self, prompts: Sequence[str], rewards: torch.Tensor) -> torch.Tensor:
-        """Per-prompt normalised rewards, clipped; updates the running buffers."""
+        """Per-prompt normalised rewards, clipped; updates the running buffers.
+
+        Under data parallelism the statistics are those of the whole round (every rank's
+        rewards, as DDPO's release gathers them), and each rank keeps its own slice.
+        """
         clip = self.options.adv_clip_max
-        return self.tracker.update(prompts, rewards).clamp(-clip, clip)
+        everyone = self.tracker.update(distributed.gather_lists(prompts), distributed.gather_rewards(rewards))
+        start = distributed.rank() * len(prompts)
+        return everyone[start : start + len(prompts)].clamp(-clip, clip)
 
     def plan(self, batch: Rollouts, generator: torch.Generator) -> list[list[AdvantagedTransitions]]:
         """Advantages (this updates the buffers: once per round), then epochs of shuffled transitions."""

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from nabla.methods import Method, Rollouts, SamplerConfig, method_class, options_from_dict
 from nabla.metrics.toy2d import distances_to_target
 from nabla.models.base import DiffusionBackend
+from nabla import distributed
 from nabla.hub import HubModel, check_available
 from nabla.rewards import build_reward, reward_class
 
@@ -160,8 +161,8 @@ def round_seeds(seed: int, round_index: int, batch: int) -> list[int]:
     return list(range(base, base + batch))
 
 
-def round_generator(seed: int, round_index: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + round_index)
+def round_generator(seed: int, round_index: int, rank: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + round_index + 7_919_000_003 * rank)
 
 
 # -- checkpoint files ---------------------------------------------------------------------------
@@ -183,6 +184,13 @@ def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = value
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+class _NoLog:
+    """What ranks other than 0 log to."""
+
+    def write(self, row: dict) -> None:
+        pass
 
 
 class _CsvLog:
@@ -254,7 +262,10 @@ class Trainer:
             raise ValueError(f"on_config_change must be 'fail' or 'restart', got {on_config_change!r}")
         # Every missing model named at once, before anything loads (config_path: for the message).
         check_available(required_models(cfg), config_path)
-        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        distributed.init_from_env(cfg.device)
+        cfg = dataclasses.replace(cfg, device=distributed.local_device(cfg.device))
+        self.rank, self.world, self.main = distributed.rank(), distributed.world_size(), distributed.is_main()
+        self.cfg, self.out, self.progress = cfg, Path(out), progress and self.main
         self.on_config_change = on_config_change
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
@@ -304,22 +315,50 @@ class Trainer:
         save_file(modules, str(tmp / "modules.safetensors"))
         tensors, opt_meta = _optimizer_to_files(self.optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
-        save_file({"cpu": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-        method_state = self.method.state_dict()
-        save_file(method_state, str(tmp / "method_state.safetensors"))
-        if self.pending is not None:
-            save_file(self.pending.state_dict(), str(tmp / "pending.safetensors"))
         state = {
             "step": self.step,
             "round": self.round,
             "elapsed_seconds": self.elapsed,
             "optimizer": opt_meta,
-            "pending_prompts": self.pending.prompts if self.pending is not None else None,
+            "world_size": self.world,
+            "pending_prompts": self._save_rank_files(tmp),
         }
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         return final
+
+    def _rank_suffix(self) -> str:
+        return f".rank{self.rank}" if self.rank else ""
+
+    def _save_rank_files(self, folder: Path) -> list[str] | None:
+        """What differs between ranks: random state, the method's buffers, the pending batch."""
+        suffix = self._rank_suffix()
+        save_file({"cpu": torch.get_rng_state()}, str(folder / f"rng{suffix}.safetensors"))
+        save_file(self.method.state_dict(), str(folder / f"method_state{suffix}.safetensors"))
+        if self.pending is not None:
+            save_file(self.pending.state_dict(), str(folder / f"pending{suffix}.safetensors"))
+        return self.pending.prompts if self.pending is not None else None
+
+    def _load_rank_files(self, folder: Path, pending_prompts: list[str] | None) -> None:
+        suffix = self._rank_suffix()
+        torch.set_rng_state(load_file(str(folder / f"rng{suffix}.safetensors"))["cpu"])
+        self.method.load_state_dict(load_file(str(folder / f"method_state{suffix}.safetensors")))
+        if pending_prompts is not None:
+            self.pending = Rollouts.from_state_dict(
+                load_file(str(folder / f"pending{suffix}.safetensors"), device=self.cfg.device), pending_prompts
+            )
+
+    def checkpoint(self) -> None:
+        """Rank 0 writes the shared checkpoint; then every other rank adds its own files to it."""
+        if self.main:
+            self.save_checkpoint()
+        distributed.barrier()
+        if not self.main:
+            folder = self.out / "checkpoint"
+            prompts = self._save_rank_files(folder)
+            (folder / f"pending{self._rank_suffix()}.json").write_text(json.dumps(prompts))
+        distributed.barrier()
 
     def load_checkpoint(self) -> bool:
         folder = self.out / "checkpoint"
@@ -334,12 +373,14 @@ class Trainer:
         self.optimizer.load_state_dict(
             _optimizer_from_files(load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
         )
-        torch.set_rng_state(load_file(str(folder / "rng.safetensors"))["cpu"])
-        self.method.load_state_dict(load_file(str(folder / "method_state.safetensors")))
-        if state["pending_prompts"] is not None:
-            self.pending = Rollouts.from_state_dict(
-                load_file(str(folder / "pending.safetensors"), device=self.cfg.device), state["pending_prompts"]
+        if state.get("world_size", 1) != self.world:
+            raise RuntimeError(
+                f"{folder} was written by {state.get('world_size', 1)} process(es), this run has {self.world}: "
+                "resume with the same number of processes (each holds its own share of the round)"
             )
+        prompts = state["pending_prompts"] if self.main else json.loads(
+            (folder / f"pending{self._rank_suffix()}.json").read_text())
+        self._load_rank_files(folder, prompts)
         self.step, self.round, self.elapsed = state["step"], state["round"], state["elapsed_seconds"]
         return True
 
@@ -352,16 +393,20 @@ class Trainer:
             group["lr"] = base * factor
         return self.optimizer.param_groups[0]["lr"]
 
-    def _round_prompts(self) -> list[str]:
+    def _round_share(self) -> tuple[list[str], list[int]]:
+        """This rank's prompts and seeds: its slice of the round a single process of
+        `trajectories_per_round` × ranks trajectories would sample."""
         n, prompts = self.cfg.trajectories_per_round, self.cfg.prompts
-        return [prompts[(self.round * n + i) % len(prompts)] for i in range(n)]
+        total, start = n * self.world, n * self.rank
+        round_prompts = [prompts[(self.round * total + i) % len(prompts)] for i in range(total)]
+        return round_prompts[start : start + n], round_seeds(self.cfg.seed, self.round, total)[start : start + n]
 
     def _collect(self) -> Rollouts:
-        batch = self.method.collect(self._round_prompts(), round_seeds(self.cfg.seed, self.round, self.cfg.trajectories_per_round))
+        batch = self.method.collect(*self._round_share())
         bad = (~torch.isfinite(batch.rewards)).sum().item()
-        if bad:
+        if distributed.any_rank(bad > 0, self.cfg.device):
             raise NonFiniteError(
-                f"{bad} of {len(batch.rewards)} rewards are non-finite in round {self.round} "
+                f"{bad} of {len(batch.rewards)} rewards{f' of rank {self.rank}' if self.world > 1 else ''} are non-finite in round {self.round} "
                 f"(before update {self.step + 1}); stopping without a checkpoint of this state"
             )
         return batch
@@ -369,17 +414,21 @@ class Trainer:
     def _update(self, microbatches: list) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
         logs: dict[str, float] = {}
+        bad = None
         for micro in microbatches:
             out = self.method.loss(micro)
             if not torch.isfinite(out.loss):
-                raise NonFiniteError(
-                    f"non-finite loss ({out.loss.item()}) at update {self.step + 1}; terms: {out.logs}; "
-                    "stopping without a checkpoint of this state"
-                )
+                bad = f"non-finite loss ({out.loss.item()}) at update {self.step + 1}; terms: {out.logs}"
+                break
             (out.loss / len(microbatches)).backward()
             logs["loss"] = logs.get("loss", 0.0) + out.loss.item() / len(microbatches)
             for key, value in out.logs.items():
                 logs[key] = logs.get(key, 0.0) + value / len(microbatches)
+        # Decided together, so that no rank waits forever for the others' gradients.
+        if distributed.any_rank(bad is not None, self.cfg.device):
+            raise NonFiniteError(f"{bad or 'non-finite loss on another rank'}; stopping without a checkpoint of this state")
+        distributed.average_gradients([p for params in self.groups.values() for p in params])
+        logs = distributed.mean_over_ranks(logs, self.cfg.device)
         for name, params in self.groups.items():
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
             if not torch.isfinite(norm):
@@ -403,6 +452,8 @@ class Trainer:
         return row
 
     def _log_eval(self, log: _CsvLog) -> dict[str, float]:
+        if not self.main:  # the weights are the same on every rank: rank 0 evaluates them
+            return {}
         row = {"step": self.step, "seconds": round(self.elapsed, 3), **self.evaluate()}
         log.write(row)
         return row
@@ -414,7 +465,8 @@ class Trainer:
         fresh = self._collect()
         batch = self.pending if self.method.trains_on_previous_round and self.pending is not None else fresh
         self.pending = fresh if self.method.trains_on_previous_round else None
-        plan = self.method.plan(batch, round_generator(cfg.seed, self.round))
+        plan = self.method.plan(batch, round_generator(cfg.seed, self.round, self.rank))
+        round_rewards = distributed.gather_rewards(fresh.rewards)
         for microbatches in plan:
             if self.step >= cfg.updates:
                 break
@@ -425,11 +477,11 @@ class Trainer:
             row = {
                 "step": self.step, "round": self.round,
                 "seconds": round(self.elapsed + time.perf_counter() - start, 3), "lr": lr,
-                "train_reward_mean": fresh.rewards.mean().item(), "train_reward_std": fresh.rewards.std(correction=0).item(),
+                "train_reward_mean": round_rewards.mean().item(), "train_reward_std": round_rewards.std(correction=0).item(),
                 **logs,
             }
             train_log.write(row)
-            if self.step % cfg.log_every == 0 or self.step == cfg.updates:
+            if self.main and (self.step % cfg.log_every == 0 or self.step == cfg.updates):
                 bar.write(
                     f"update {self.step}/{cfg.updates}  reward {row['train_reward_mean']:.4g}"
                     f" ± {row['train_reward_std']:.3g}  loss {logs['loss']:.4g}"
@@ -439,7 +491,7 @@ class Trainer:
         if cfg.eval_every and self.step // cfg.eval_every > step_before // cfg.eval_every and self.step < cfg.updates:
             self._log_eval(eval_log)
         if self.step // cfg.checkpoint_every > step_before // cfg.checkpoint_every or self.step >= cfg.updates:
-            self.save_checkpoint()
+            self.checkpoint()
 
     # -- run ----------------------------------------------------------------------------------
     def _check_folder_config(self, text: str) -> None:
@@ -463,13 +515,21 @@ class Trainer:
 
     def run(self) -> dict:
         config_text = yaml.safe_dump(self.resolved_config(), sort_keys=False)
-        self._check_folder_config(config_text)
+        refused = None
+        if self.main:
+            try:
+                self._check_folder_config(config_text)
+            except ConfigChangedError as error:
+                refused = error
+        if distributed.any_rank(refused is not None, self.cfg.device):
+            raise refused or ConfigChangedError(f"{self.out} holds a run of another config (see rank 0)")
         if (self.out / "done.json").exists():
             return json.loads((self.out / "done.json").read_text())
         resumed = self.load_checkpoint()
-        (self.out / "config.yaml").write_text(config_text)
-        train_log = _CsvLog(self.out / "train_log.csv", self.step if resumed else None)
-        eval_log = _CsvLog(self.out / "eval_log.csv", self.step if resumed else None)
+        if self.main:
+            (self.out / "config.yaml").write_text(config_text)
+        log = (lambda name: _CsvLog(self.out / name, self.step if resumed else None)) if self.main else (lambda name: _NoLog())
+        train_log, eval_log = log("train_log.csv"), log("eval_log.csv")
         if not resumed:
             self._log_eval(eval_log)
         cfg = self.cfg
@@ -485,11 +545,13 @@ class Trainer:
                 bar.write(f"stopping: {error}")
         bar.close()
         final_eval = self._log_eval(eval_log)
-        final = self.out / "final"
-        self.backend.save_lora(final)
-        for name, module in self.method.modules().items():
-            save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(final / f"{name}.safetensors"))
         summary = {"step": self.step, "rounds": self.round, "train_seconds": round(self.elapsed, 2), **final_eval}
         summary.update(diverged or {})
-        (self.out / "done.json").write_text(json.dumps(summary, indent=1))
+        if self.main:
+            final = self.out / "final"
+            self.backend.save_lora(final)
+            for name, module in self.method.modules().items():
+                save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(final / f"{name}.safetensors"))
+            (self.out / "done.json").write_text(json.dumps(summary, indent=1))
+        distributed.barrier()
         return summary
