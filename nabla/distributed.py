@@ -19,6 +19,8 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 def init_from_env(device: str) -> None:
     """Join the process group torchrun describes (NCCL on GPUs, gloo on CPUs), once."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device.startswith("cuda"):  # NCCL's object collectives use the current device
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
 
 

@@ -29,11 +29,11 @@ import yaml
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from nabla import distributed
+from nabla.hub import HubModel, check_available
 from nabla.methods import Method, Rollouts, SamplerConfig, method_class, options_from_dict
 from nabla.metrics.toy2d import distances_to_target
 from nabla.models.base import DiffusionBackend
-from nabla import distributed
-from nabla.hub import HubModel, check_available
 from nabla.rewards import build_reward, reward_class
 
 
