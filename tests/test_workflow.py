@@ -151,3 +151,12 @@ def test_tiny_comparison_runs_end_to_end_to_its_figures(random_sd_dir, openmoji_
     assert figures == sorted(f"{k}_colorfulness.{e}" for k in kinds for e in ("png", "pdf"))
     summary = (tmp_path / "results/tiny/summary.csv").read_text()
     assert all(m in summary for m in ("pretrained", "residual_nabla_db", "draft")) and "sample_strip" not in summary
+
+
+@pytest.mark.slow
+def test_full_config_plans_every_method_on_two_rewards_per_scale():
+    out = dry_run("--configfile", "config/full.yaml")
+    jobs = dict(line.split() for line in out.split("Job stats:")[1].split("total")[0].splitlines()[3:] if line.strip())
+    # (toy2d + tiny) x 7 methods x 2 rewards x 3 seeds; the prior's row per (scale, reward, seed)
+    assert jobs["train"] == "84" and jobs["evaluate"] == "84" and jobs["evaluate_prior"] == "12"
+    assert jobs["tiny_figures"] == "1" and jobs["toy2d_figures"] == "1"
