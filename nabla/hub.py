@@ -71,10 +71,7 @@ def local_path(model: HubModel) -> Path | None:
 
 def resolve(model: HubModel, config: str | None = None) -> Path:
     """The model's local path; MissingModelsError (with the fetch command) if it has none."""
-    path = local_path(model)
-    if path is None:
-        raise MissingModelsError([model], config)
-    return path
+    return check_available([model], config)[model]
 
 
 def check_available(models: Iterable[HubModel], config: str | None = None) -> dict[HubModel, Path]:

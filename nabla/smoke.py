@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 
 import torch
-from huggingface_hub import try_to_load_from_cache
 
+from nabla.hub import local_path
 from nabla.methods import SamplerConfig
 from nabla.models.random_sd import save_random_sd_pipeline
+from nabla.models.sd import pipeline_model
 from nabla.trainer import TrainConfig, Trainer
 
 SD15_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -31,7 +32,7 @@ def resolve_model(shape: str, model: str | None, folder: Path, device: str) -> t
     """(model folder or id, description): the local SD 1.5 if cached, else random weights of its shape."""
     if shape == "sd15" and model is None:
         # a look into the cache, not a load: the trainer loads the model once, itself
-        if isinstance(try_to_load_from_cache(SD15_MODEL_ID, "model_index.json"), str):
+        if local_path(pipeline_model(SD15_MODEL_ID)) is not None:
             return SD15_MODEL_ID, f"{SD15_MODEL_ID} (local cache)"
     elif model is not None:
         return model, model

@@ -12,6 +12,11 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 
+def _uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] → uint8 in [0, 255], rounded."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 def image_grid(
     images: torch.Tensor,
     row_labels: Sequence[str],
@@ -27,7 +32,7 @@ def image_grid(
     if len(images) % rows:
         raise ValueError(f"{len(images)} images do not fill {rows} rows")
     cols = len(images) // rows
-    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    pixels = _uint8(images).permute(0, 2, 3, 1).cpu().numpy()
     h, w = pixels.shape[1] * upscale, pixels.shape[2] * upscale
     pad, footer_height = 2, 16 if footer else 0
     canvas = Image.new("RGB", (label_width + cols * (w + pad), rows * (h + pad) + footer_height), "white")
@@ -52,7 +57,7 @@ def save_grid(images: torch.Tensor, row_labels: Sequence[str], path: str | Path,
 
 def png_base64(images: torch.Tensor) -> str:
     """(N, 3, H, W) images in [0, 1] as one row of tiles, a PNG in base64 (small enough for JSON)."""
-    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(2, 0, 3, 1).cpu().numpy()
+    pixels = _uint8(images).permute(2, 0, 3, 1).cpu().numpy()
     strip = np.ascontiguousarray(pixels.reshape(pixels.shape[0], -1, 3))  # H × (N·W) × 3
     buffer = io.BytesIO()
     Image.fromarray(strip).save(buffer, format="PNG", optimize=True)

@@ -58,11 +58,11 @@ rule train_tiny_reward:
     input:
         rules.render_openmoji.output,
     output:
-        REWARD_MODEL,
+        model=REWARD_MODEL,
     log:
         "logs/tiny/train_reward.log",
     params:
-        out=lambda w, output: os.path.dirname(output[0]),
+        out=folder_of("model"),
         model=config["tiny"]["reward_model"],
     threads: 1
     conda:
@@ -76,11 +76,11 @@ rule train_tiny_features:
     input:
         rules.render_openmoji.output,
     output:
-        FEATURES,
+        model=FEATURES,
     log:
         "logs/tiny/train_features.log",
     params:
-        out=lambda w, output: os.path.dirname(output[0]),
+        out=folder_of("model"),
         model=config["tiny"]["features"],
     threads: 1
     conda:
