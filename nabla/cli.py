@@ -206,7 +206,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     for scale in args.scale:
         defaults = BENCH_SCALES[scale]
         result = run_bench(
-            scale, args.config.get(scale) if args.config else defaults["config"], defaults["reward"],
+            scale, (args.config or {}).get(scale, defaults["config"]), defaults["reward"],
             updates=args.updates or defaults["updates"], eval_every=defaults["eval_every"],
             eval_samples=defaults["eval_samples"], methods=args.methods, device=args.device,
         )

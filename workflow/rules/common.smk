@@ -88,7 +88,7 @@ def all_targets():
     """What `all` builds for the scales in config["scales"] (rules are defined by the time it runs)."""
     scales, targets = config["scales"], []
     if "toy2d" in scales:
-        targets += [rules.toy2d_tables.output, rules.figures.input]
+        targets += [rules.toy2d_tables.output, rules.toy2d_figures.output]
     if "tiny" in scales:
         targets.append("results/tiny/prior_samples.png")
         # the tiny comparison is opt-in (tiny.methods) until it fits the default's time budget
