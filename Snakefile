@@ -22,10 +22,10 @@ include: "workflow/rules/report.smk"
 localrules:
     check_sd15_models,
     toy2d_tables,
-    tiny_tables,
+    image_tables,
     curves,
     toy2d_figures,
-    tiny_figures,
+    image_figures,
     figures,
 
 

@@ -109,7 +109,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from nabla.hub import MissingModelsError
     from nabla.trainer import ConfigChangedError, NonFiniteError, Trainer, load_train_config
 
-    overrides = {"updates": args.updates, "model": args.model, "device": args.device}
+    overrides = {"updates": args.updates, "trajectories_per_round": args.trajectories, "model": args.model,
+                 "device": args.device}
     cfg = load_train_config(args.config, args.method, args.reward, args.seed, **overrides)
     try:
         trainer = Trainer(cfg, args.out, progress=not args.no_progress, on_config_change=args.on_config_change,
@@ -141,7 +142,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from nabla.evaluation import evaluate_run
 
     metrics = evaluate_run(
-        args.run, args.out, beta=args.beta, num_samples=args.samples, prior_only=args.prior, features=args.features
+        args.run, args.out, beta=args.beta, num_samples=args.samples, prior_only=args.prior, features=args.features,
+        fid_features=args.fid_features,
     )
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}))
 
@@ -178,7 +180,10 @@ def cmd_curves(args: argparse.Namespace) -> None:
 def cmd_figures(args: argparse.Namespace) -> None:
     from nabla.report.figures import image_figures, toy2d_figures
 
-    written = toy2d_figures(args.results) if args.scale == "toy2d" else image_figures(args.results, args.scale)
+    if args.scale == "toy2d":
+        written = toy2d_figures(args.results)
+    else:
+        written = image_figures(args.results, args.scale, rewards=args.reward)
     print("wrote " + ", ".join(map(str, written)))
 
 
@@ -220,7 +225,7 @@ def cmd_fetch_models(args: argparse.Namespace) -> None:
     from nabla.hub import MissingModelsError, check_available, fetch
     from nabla.trainer import config_models
 
-    models = config_models(args.config)
+    models = config_models(args.config, args.features)
     if not models:
         print(f"{args.config} needs no pretrained model from the hub")
         return
@@ -285,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a scale's training YAML (top-level keys, methods: and rewards: sections)")
     p.add_argument("--out", required=True, help="run folder (resumed from its checkpoint if present)")
     p.add_argument("--updates", type=int, help="override the number of optimiser updates")
+    p.add_argument("--trajectories", type=int, help="override trajectories_per_round (per process)")
     p.add_argument("--model", help="override the prior folder")
     p.add_argument("--device", help="override the device (cpu, cuda)")
     p.add_argument("--on-config-change", choices=["fail", "restart"], default="fail",
@@ -314,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="metrics JSON")
     p.add_argument("--prior", action="store_true", help="evaluate the pretrained prior (adapter off) instead")
     p.add_argument("--beta", type=float, help="toy2d: β of the exact target p#·exp(βr)")
-    p.add_argument("--features", help="tiny: the evaluation feature network's folder (train-features)")
+    p.add_argument("--features", help="images: the feature extractor of diversity (and of FID unless --fid-features),"
+                   " NAME or NAME=MODEL: emoji=DIR (tiny, the train-features folder), clip, inception")
+    p.add_argument("--fid-features", help="images: the feature extractor of FID-to-prior (sd15: inception)")
     p.add_argument("--samples", type=int, default=4000, help="toy2d: samples; tiny: images per held-out prompt")
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_evaluate)
@@ -336,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("figures", help="draw a scale's figures from its cached results (PNG and PDF)")
     p.add_argument("--scale", default="toy2d", choices=["toy2d", "tiny", "sd15"])
     p.add_argument("--results", required=True, help="results/<scale>: summary.csv, curves.csv, metrics/")
+    p.add_argument("--reward", action="append", help="image scales: only this reward's figures (repeatable)")
     p.set_defaults(func=cmd_figures)
 
     p = commands.add_parser("smoke", help="time a few updates at a scale's real shapes (sd15: random weights if not cached)")
@@ -368,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "command that uses the network); --check only looks them up offline")
     p.add_argument("--config", required=True, help="a workflow config (config/sd15.yaml) or a training config")
     p.add_argument("--check", action="store_true", help="do not download: fail listing every missing model")
+    p.add_argument("--features", action="append", default=[],
+                   help="also an evaluation feature extractor's models (NAME or NAME=MODEL; repeatable)")
     p.set_defaults(func=cmd_fetch_models)
 
     p = commands.add_parser("data", help="render OpenMoji to the cache and print how many images each tiny prompt covers")

@@ -68,11 +68,12 @@ def evaluate_toy2d(backend, cfg: TrainConfig, beta: float, num_samples: int, see
 
 
 @torch.no_grad()
-def evaluate_images(backend, cfg: TrainConfig, features, samples_per_prompt: int) -> dict:
+def evaluate_images(backend, cfg: TrainConfig, features, samples_per_prompt: int, fid_features=None) -> dict:
     """Reward, diversity and FID-to-prior on the held-out prompts.
 
     K images per prompt from the model and K from the prior (adapter off) with the same seeds,
     hence the same initial and per-step noise, so FID-to-prior measures what fine-tuning changed.
+    Diversity uses ``features``; FID uses ``fid_features`` if given, else the same.
     """
     prompts = [p for p in cfg.eval_prompts for _ in range(samples_per_prompt)]
     seeds = [EVAL_SEED_OFFSET + s for _ in cfg.eval_prompts for s in range(samples_per_prompt)]
@@ -82,6 +83,7 @@ def evaluate_images(backend, cfg: TrainConfig, features, samples_per_prompt: int
     with backend.adapter(False):
         prior_images = sample_images(backend, prompts, seeds, **sampler)
     f, f_prior = features(images), features(prior_images)
+    g, g_prior = (fid_features(images), fid_features(prior_images)) if fid_features is not None else (f, f_prior)
     # for the sample-grid figure: the first GRID_SEEDS seeds of every prompt, the same in every run
     shown = [i for i, s in enumerate(seeds) if s - EVAL_SEED_OFFSET < GRID_SEEDS]
     return {
@@ -89,7 +91,7 @@ def evaluate_images(backend, cfg: TrainConfig, features, samples_per_prompt: int
         "sample_strip_prompts": [prompts[i] for i in shown],
         "reward_mean": reward(images, prompts).mean().item(),
         "diversity": diversity(f, prompts),
-        **fid_to_prior(f, f_prior, prompts),
+        **fid_to_prior(g, g_prior, prompts),
         "prior_reward_mean": reward(prior_images, prompts).mean().item(),
         "prior_diversity": diversity(f_prior, prompts),
         "num_samples": len(seeds),
@@ -98,20 +100,22 @@ def evaluate_images(backend, cfg: TrainConfig, features, samples_per_prompt: int
 
 def evaluate_run(
     run_dir: str | Path, out: str | Path, beta: float | None = None, num_samples: int = 4000,
-    prior_only: bool = False, features: str | Path | None = None,
+    prior_only: bool = False, features: str | None = None, fid_features: str | None = None,
 ) -> dict:
-    """Metrics of a finished run (or of its prior) as a JSON file: toy2d needs ``beta``, tiny ``features``."""
+    """Metrics of a finished run (or of its prior) as a JSON file. toy2d needs ``beta``; tiny and
+    sd15 the feature extractors' specs (:func:`nabla.metrics.features.build_features`):
+    ``features`` for diversity and FID, ``fid_features`` for FID instead where given."""
     backend, cfg = load_run(run_dir, prior_only)
     if cfg.scale == "toy2d":
         if beta is None:
             raise ValueError("toy2d evaluation needs beta, the β of the exact target p#·exp(βr)")
         measured = evaluate_toy2d(backend, cfg, beta, num_samples)
-    elif cfg.scale == "tiny":
-        if features is None:
-            raise ValueError("tiny evaluation needs the feature network folder (python -m nabla train-features)")
-        measured = evaluate_images(backend, cfg, build_features("emoji", model_dir=features), num_samples)
     else:
-        raise NotImplementedError(f"evaluation of the {cfg.scale} scale is not written yet (needs its feature models)")
+        if features is None:
+            raise ValueError(f"{cfg.scale} evaluation needs feature extractors: tiny emoji=DIR (train-features), "
+                             "sd15 clip, with fid_features inception")
+        extractors = [build_features(spec).to(backend.device) if spec else None for spec in (features, fid_features)]
+        measured = evaluate_images(backend, cfg, extractors[0], num_samples, extractors[1])
     metrics = {
         "scale": cfg.scale, "reward": cfg.reward, "seed": cfg.seed,
         "method": "pretrained" if prior_only else cfg.method,

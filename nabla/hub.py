@@ -8,7 +8,7 @@ that fetches them (``python -m nabla fetch-models --config ...``), run on a mach
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -21,7 +21,7 @@ class HubModel:
 
     repo_id: str
     filename: str | None = None
-    purpose: str = ""
+    purpose: str = field(default="", compare=False)  # one model used twice is one model
     #: a snapshot's files to fetch (None: all of them); SD 1.5's repository also holds 8 GB of
     #: single-file checkpoints that the diffusers folders do not need
     allow_patterns: tuple[str, ...] | None = None
@@ -36,10 +36,28 @@ class HubModel:
         return Path(self.repo_id).exists() or self.repo_id.startswith((".", "/"))
 
 
+@dataclass(frozen=True)
+class UrlModel:
+    """One file published at a URL rather than on the Hub (e.g. the FID Inception network); kept
+    as ``HF_HOME/nabla/<file name>``, so that copying the Hugging Face cache carries it too."""
+
+    url: str
+    purpose: str = field(default="", compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.url} ({self.purpose})" if self.purpose else self.url
+
+    @property
+    def cache_path(self) -> Path:
+        from huggingface_hub import constants
+
+        return Path(constants.HF_HOME) / "nabla" / self.url.rsplit("/", 1)[-1]
+
+
 class MissingModelsError(FileNotFoundError):
     """Models neither on disk nor in the local Hugging Face cache; the message lists them all."""
 
-    def __init__(self, missing: Sequence[HubModel], config: str | None = None):
+    def __init__(self, missing: Sequence[HubModel | UrlModel], config: str | None = None):
         self.missing = list(missing)
         from huggingface_hub import constants
 
@@ -53,8 +71,10 @@ class MissingModelsError(FileNotFoundError):
         )
 
 
-def local_path(model: HubModel) -> Path | None:
+def local_path(model: HubModel | UrlModel) -> Path | None:
     """Where the model is on this machine, or None; never touches the network."""
+    if isinstance(model, UrlModel):
+        return model.cache_path if model.cache_path.exists() else None
     if model.is_local:
         path = Path(model.repo_id) if model.filename is None else Path(model.repo_id) / model.filename
         return path if path.exists() else None
@@ -69,12 +89,12 @@ def local_path(model: HubModel) -> Path | None:
         return None
 
 
-def resolve(model: HubModel, config: str | None = None) -> Path:
+def resolve(model: HubModel | UrlModel, config: str | None = None) -> Path:
     """The model's local path; MissingModelsError (with the fetch command) if it has none."""
     return check_available([model], config)[model]
 
 
-def check_available(models: Iterable[HubModel], config: str | None = None) -> dict[HubModel, Path]:
+def check_available(models: Iterable[HubModel | UrlModel], config: str | None = None) -> dict:
     """Every model's local path, or one MissingModelsError listing every missing one."""
     found, missing = {}, []
     for model in dict.fromkeys(models):  # unique, in order
@@ -88,17 +108,32 @@ def check_available(models: Iterable[HubModel], config: str | None = None) -> di
     return found
 
 
-def fetch(models: Iterable[HubModel]) -> dict[HubModel, Path]:
+def fetch(models: Iterable[HubModel | UrlModel]) -> dict:
     """Download what is not on disk yet (the only function here that uses the network)."""
     from huggingface_hub import hf_hub_download, snapshot_download
 
     paths = {}
     for model in dict.fromkeys(models):
         path = local_path(model)
-        if path is None and model.is_local:
+        if path is None and isinstance(model, UrlModel):
+            path = _download(model.url, model.cache_path)
+        elif path is None and model.is_local:
             raise FileNotFoundError(f"{model} is a local path that does not exist; it cannot be fetched")
-        if path is None:
+        elif path is None:
             path = Path(snapshot_download(model.repo_id, allow_patterns=model.allow_patterns) if model.filename is None
                         else hf_hub_download(model.repo_id, model.filename))
         paths[model] = path
     return paths
+
+
+def _download(url: str, path: Path) -> Path:
+    """Fetch ``url`` to ``path`` through a temporary file, so an interrupted download leaves nothing."""
+    import urllib.request
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    with urllib.request.urlopen(url) as response, open(partial, "wb") as out:
+        while chunk := response.read(1 << 20):
+            out.write(chunk)
+    partial.replace(path)
+    return path

@@ -22,7 +22,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import yaml
@@ -119,20 +119,27 @@ def required_models(cfg: TrainConfig) -> list[HubModel]:
     return models + reward_class(cfg.reward).required_models(**cfg.reward_options)
 
 
-def config_models(path: str | Path) -> list[HubModel]:
+def config_models(path: str | Path, features: Iterable[str] = ()) -> list:
     """Every model a config's runs load: a training config (``scale:`` at the top, each reward
-    under ``rewards:``) or a workflow config (each scale in ``scales`` with its ``train_config``
-    and ``rewards``)."""
+    under ``rewards:``) or a workflow config (each scale in ``scales`` with its ``train_config``,
+    ``rewards`` and its evaluation's feature extractors), plus the extractors named in ``features``."""
+    from nabla.metrics.features import feature_models
+
     raw = yaml.safe_load(Path(path).read_text()) or {}
+    features = list(features)
     if "scale" in raw:
         runs = [(path, list(raw.get("rewards") or {}) or [raw.get("reward", TrainConfig.reward)])]
     else:
         scales = raw.get("scales") or [k for k, v in raw.items() if isinstance(v, dict) and "train_config" in v]
         runs = [(raw[s]["train_config"], raw[s]["rewards"]) for s in scales if "train_config" in raw.get(s, {})]
+        evaluations = [raw[s].get("evaluation") or {} for s in scales if isinstance(raw.get(s), dict)]
+        features += [e[key] for e in evaluations for key in ("features", "fid_features") if key in e]
     models = []
     for train_config, rewards in runs:
         for reward in rewards:
             models += required_models(load_train_config(train_config, TrainConfig.method, reward, 0))
+    for spec in features:
+        models += feature_models(spec)
     return list(dict.fromkeys(models))
 
 

@@ -76,3 +76,19 @@ def aesthetic_stand_ins(tmp_path_factory):
     head = aesthetic_head(12)
     torch.save({f"layers.{k}": v for k, v in head.state_dict().items()}, folder / "head.pth")
     return {"clip_model": str(folder / "clip"), "predictor_repo": str(folder), "predictor_file": "head.pth"}
+
+
+@pytest.fixture(scope="session")
+def inception_stand_in(tmp_path_factory):
+    """A TorchScript file with the FID Inception's call, model(images in [0, 255], return_features=True):
+    its two 'features' are each image's maximum and mean, so the [0, 1] → [0, 255] scaling shows."""
+
+    class InceptionStandIn(torch.nn.Module):
+        def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+            if not return_features:
+                return torch.zeros(x.shape[0], 1008)  # the real network's logits
+            return torch.stack([x.amax(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3))], dim=1)
+
+    path = tmp_path_factory.mktemp("inception") / "inception-stand-in.pt"
+    torch.jit.script(InceptionStandIn()).save(str(path))
+    return path

@@ -84,8 +84,8 @@ def test_tiny_evaluation_reports_diversity_and_fid_to_the_prior(random_sd_dir, o
         checkpoint_every=2, lora_rank=2,
     )
     Trainer(cfg, tmp_path / "run", progress=False).run()
-    main(["evaluate", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "m.json"), "--features", str(features), "--samples", "4"])
-    main(["evaluate", "--prior", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "p.json"), "--features", str(features), "--samples", "4"])
+    main(["evaluate", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "m.json"), "--features", f"emoji={features}", "--samples", "4"])
+    main(["evaluate", "--prior", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "p.json"), "--features", f"emoji={features}", "--samples", "4"])
     tuned, prior = (json.loads((tmp_path / f).read_text()) for f in ("m.json", "p.json"))
     assert tuned["num_samples"] == 8 and tuned["method"] == "draft" and prior["method"] == "pretrained"
     # the sample grid's strip: the first 4 seeds of each prompt, as a PNG in the JSON

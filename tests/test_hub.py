@@ -13,8 +13,10 @@ import torch
 from transformers import CLIPModel
 
 from nabla.hub import HubModel, MissingModelsError, check_available, local_path
+from nabla.metrics.features import INCEPTION
 from nabla.rewards import build_reward
-from nabla.rewards.aesthetic import CLIP_MEAN, CLIP_STD, aesthetic_head, clip_preprocess
+from nabla.models.clip import CLIP_MEAN, CLIP_STD, clip_preprocess
+from nabla.rewards.aesthetic import aesthetic_head
 from nabla.trainer import TrainConfig, Trainer, config_models, required_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,10 +54,26 @@ def test_sd15_run_stops_before_loading_anything_when_models_are_missing(tmp_path
 
 def test_fetch_models_check_lists_what_the_sd15_config_needs():
     models = config_models(ROOT / "config" / "sd15.yaml")
-    assert [m.repo_id for m in models] == [
+    # CLIP ViT-L/14 serves the aesthetic reward and the diversity features: listed once
+    assert [getattr(m, "repo_id", getattr(m, "url", None)) for m in models] == [
         "stable-diffusion-v1-5/stable-diffusion-v1-5", "openai/clip-vit-large-patch14", "trl-lib/ddpo-aesthetic-predictor",
+        INCEPTION.url,
     ]
     assert config_models(ROOT / "config" / "train" / "tiny.yaml") == []
+    assert config_models(ROOT / "config" / "train" / "tiny.yaml", ["inception"]) == [INCEPTION]
+
+
+def test_a_url_model_is_looked_up_under_hf_home_and_named_when_missing(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path))
+    with pytest.raises(MissingModelsError) as error:
+        check_available([INCEPTION], "config/sd15.yaml")
+    assert f"{INCEPTION.url} (FID features" in str(error.value) and "1 model(s)" in str(error.value)
+    INCEPTION.cache_path.parent.mkdir(parents=True)
+    INCEPTION.cache_path.write_bytes(b"x")
+    assert INCEPTION.cache_path == tmp_path / "nabla" / "inception-2015-12-05.pt"
+    assert check_available([INCEPTION]) == {INCEPTION: INCEPTION.cache_path}
 
 
 def test_fetch_models_check_is_offline_and_exits_with_the_list(tmp_path):
@@ -63,7 +81,7 @@ def test_fetch_models_check_is_offline_and_exits_with_the_list(tmp_path):
     result = subprocess.run([sys.executable, "-m", "nabla", "fetch-models", "--check", "--config", "config/sd15.yaml"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
-    assert "3 model(s) are not on this machine" in result.stderr
+    assert "4 model(s) are not on this machine" in result.stderr
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in result.stderr
 
 

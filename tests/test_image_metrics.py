@@ -71,8 +71,10 @@ def test_frequent_words_by_hand():
 def test_unknown_feature_extractor_is_named():
     from nabla.metrics.features import build_features
 
-    with pytest.raises(ValueError, match="unknown feature extractor 'dreamsim2'; known: emoji"):
+    with pytest.raises(ValueError, match="unknown feature extractor 'dreamsim2'; known: emoji, clip, inception"):
         build_features("dreamsim2")
+    with pytest.raises(ValueError, match="emoji=DIR"):
+        build_features("emoji")
 
 
 @pytest.mark.slow
@@ -86,8 +88,45 @@ def test_feature_network_is_separate_from_the_reward_and_embeds_images(openmoji_
     main(["train-features", "--out", str(tmp_path / "f"), "--data-cache", str(openmoji_cache), "--steps", "20"])
     meta = json.loads((tmp_path / "f" / "emoji_classifier.json").read_text())
     assert meta["training"]["seed"] == 1 and len(meta["classes"]) > len(TRAIN_WORDS)
-    extractor = build_features("emoji", model_dir=tmp_path / "f")
+    extractor = build_features(f"emoji={tmp_path / 'f'}")
     images = torch.rand(5, 3, 32, 32)
     features = extractor(images)
     assert features.shape == (5, 128) and not features.requires_grad
     assert torch.allclose(extractor(images[:2]), features[:2], atol=1e-6)  # per-image, batch-independent
+
+
+def test_clip_features_are_the_normalised_clip_image_embedding(aesthetic_stand_ins):
+    from transformers import CLIPModel
+
+    from nabla.metrics.features import build_features
+    from nabla.models.clip import clip_preprocess
+
+    folder = aesthetic_stand_ins["clip_model"]
+    images = torch.rand(4, 3, 40, 40)
+    features = build_features(f"clip={folder}")(images)
+    want = CLIPModel.from_pretrained(folder).get_image_features(pixel_values=clip_preprocess(images, 32))
+    want = getattr(want, "pooler_output", want)
+    torch.testing.assert_close(features, want / want.norm(dim=-1, keepdim=True), rtol=1e-5, atol=1e-6)
+    assert not features.requires_grad
+
+
+def test_inception_features_feed_the_network_images_in_0_255(inception_stand_in):
+    from nabla.metrics.features import build_features
+
+    images = torch.rand(3, 3, 16, 16)
+    features = build_features(f"inception={inception_stand_in}")(images)
+    want = torch.stack([images.amax(dim=(1, 2, 3)), images.mean(dim=(1, 2, 3))], dim=1) * 255
+    torch.testing.assert_close(features, want)
+
+
+def test_sd15_feature_models_missing_offline_are_named(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from nabla.hub import MissingModelsError
+    from nabla.metrics.features import build_features
+
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path))
+    with pytest.raises(MissingModelsError, match="inception-2015-12-05.pt \\(FID features"):
+        build_features("inception")
+    with pytest.raises(MissingModelsError, match="nabla-test/no-clip \\(image metrics: CLIP"):
+        build_features("clip=nabla-test/no-clip")

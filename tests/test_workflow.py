@@ -40,7 +40,9 @@ def test_default_config_validates_and_missing_keys_get_defaults():
     del config["toy2d"]["evaluation"], config["tiny"]["prior"]["unet_steps"]
     validate(config, SCHEMA)
     assert config["toy2d"]["evaluation"] == {"beta": 0.5, "samples": 4000}
-    assert config["tiny"]["prior"]["unet_steps"] == 1000
+    from nabla.models.tiny import TinyPriorConfig
+
+    assert config["tiny"]["prior"]["unet_steps"] == TinyPriorConfig().unet_steps  # schema and dataclass agree
 
 
 @pytest.mark.parametrize(
@@ -74,11 +76,18 @@ def test_slurm_profile_dry_run_shows_each_jobs_resources():
     assert "slurm_partition=gpu" in train and "runtime=720" in train and "gpu=0" in train
 
 
+def train_commands(out: str, scale: str) -> list[str]:
+    return [line for line in out.splitlines() if "nabla train " in line and f"runs/{scale}/prior " in line]
+
+
 @pytest.mark.slow
-def test_local_profile_dry_run_plans_the_default_workflow():
+def test_local_profile_dry_run_plans_the_default_workflow_with_its_budget():
     out = dry_run("--profile", "profiles/local")
-    assert "pretrain_tiny_prior" in out and "toy2d_tables" in out
-    assert "tiny_tables" not in out  # the tiny comparison is opt-in
+    assert "pretrain_tiny_prior" in out and "toy2d_tables" in out and "image_figures" in out
+    budget = default_config()["tiny"]["budget"]
+    flags = f"--updates {budget['updates']} --trajectories {budget['trajectories_per_round']}"
+    assert train_commands(out, "tiny") and all(flags in line for line in train_commands(out, "tiny"))
+    assert train_commands(out, "toy2d") and not any("--updates" in line for line in train_commands(out, "toy2d"))
 
 
 @pytest.mark.slow
@@ -90,7 +99,7 @@ def test_tiny_comparison_plans_its_reward_and_feature_networks(tmp_path):
     jobs = dict(line.split() for line in out.split("Job stats:")[1].split("total")[0].splitlines()[3:] if line.strip())
     # 2 methods x 2 rewards x 1 seed, the prior's row per reward, one reward and one feature network
     assert jobs["train"] == "4" and jobs["evaluate"] == "4" and jobs["evaluate_prior"] == "2"
-    assert jobs["train_tiny_reward"] == "1" and jobs["train_tiny_features"] == "1" and jobs["tiny_tables"] == "1"
+    assert jobs["train_tiny_reward"] == "1" and jobs["train_tiny_features"] == "1" and jobs["image_tables"] == "1"
 
 
 def test_toy2d_training_curves_measure_against_the_evaluated_target():
@@ -112,9 +121,32 @@ def test_sd15_config_validates_and_runs_only_the_sd15_scale():
 def test_sd15_slurm_dry_run_asks_a_gpu_per_training_job_and_checks_models_first():
     out = dry_run("--profile", "profiles/slurm", "--configfile", "config/sd15.yaml")
     jobs = dict(line.split() for line in out.split("Job stats:")[1].split("total")[0].splitlines()[3:] if line.strip())
-    assert jobs == {"check_sd15_models": "1", "train": "21", "all": "1"}
+    # 7 methods x 3 seeds, the prior's row per seed; then one table, one curves and one figures job
+    assert jobs == {"check_sd15_models": "1", "train": "21", "evaluate": "21", "evaluate_prior": "3", "curves": "1",
+                    "image_tables": "1", "image_figures": "1", "all": "1"}
     train = out.split("rule train:")[1].split("rule ")[0]
     assert "gpu=1" in train and "runtime=720" in train and "slurm_partition=gpu" in train
+    evaluate = out.split("rule evaluate:")[1].split("rule ")[0]
+    assert "gpu=1" in evaluate and "--features clip --fid-features inception" in evaluate
+
+
+IMAGE_FIGURES = " ".join(f"results/{{scale}}/figures/{k}_colorfulness.{e}" for k in
+                         ("curves", "tradeoff_diversity", "tradeoff_fid_to_prior", "samples") for e in ("png", "pdf"))
+
+
+def copy_workflow(folder: Path) -> None:
+    import shutil
+
+    for name in ("Snakefile", "workflow", "config", "environment.yml"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, folder / name)
+
+
+def run_workflow(folder: Path, configfile: str, *targets: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "snakemake", *targets, "--cores", "2", "--configfile", configfile],
+                            cwd=folder, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return result
 
 
 @pytest.mark.slow
@@ -122,9 +154,7 @@ def test_tiny_comparison_runs_end_to_end_to_its_figures(random_sd_dir, openmoji_
     """Two methods, one seed, two updates, on a random SD prior standing in for the pretrained one."""
     import shutil
 
-    for name in ("Snakefile", "workflow", "config", "environment.yml"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    copy_workflow(tmp_path)
     (tmp_path / "runs" / "data").mkdir(parents=True)
     shutil.copy(openmoji_cache, tmp_path / "runs" / "data" / "openmoji32.npz")  # older than the prior
     shutil.copytree(random_sd_dir, tmp_path / "runs" / "tiny" / "prior")
@@ -140,11 +170,9 @@ def test_tiny_comparison_runs_end_to_end_to_its_figures(random_sd_dir, openmoji_
     (tmp_path / "config/train/tiny.yaml").write_text(yaml.safe_dump(train))
     config = default_config()
     config["tiny"].update(methods=["residual_nabla_db", "draft"], seeds=[0], features={"seed": 1, "steps": 20},
-                          evaluation={"samples": 4})
+                          evaluation={"samples": 4}, budget={"updates": 2, "trajectories_per_round": 4})
     (tmp_path / "mini.yaml").write_text(yaml.safe_dump(config))
-    result = subprocess.run([sys.executable, "-m", "snakemake", "tiny_figures", "--cores", "2", "--configfile", "mini.yaml"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    result = run_workflow(tmp_path, "mini.yaml", *IMAGE_FIGURES.format(scale="tiny").split())
     assert "pretrain_tiny_prior" not in result.stdout + result.stderr  # the stand-in prior was kept
     figures = sorted(p.name for p in (tmp_path / "results/tiny/figures").iterdir())
     kinds = ("curves", "tradeoff_diversity", "tradeoff_fid_to_prior", "samples")
@@ -159,4 +187,37 @@ def test_full_config_plans_every_method_on_two_rewards_per_scale():
     jobs = dict(line.split() for line in out.split("Job stats:")[1].split("total")[0].splitlines()[3:] if line.strip())
     # (toy2d + tiny) x 7 methods x 2 rewards x 3 seeds; the prior's row per (scale, reward, seed)
     assert jobs["train"] == "84" and jobs["evaluate"] == "84" and jobs["evaluate_prior"] == "12"
-    assert jobs["tiny_figures"] == "1" and jobs["toy2d_figures"] == "1"
+    assert jobs["image_figures"] == "2" and jobs["toy2d_figures"] == "1"  # tiny: one job per reward
+    # full undoes the default's cut: the tiny runs train as config/train/tiny.yaml says
+    tiny = yaml.safe_load((ROOT / "config" / "train" / "tiny.yaml").read_text())
+    flags = f"--updates {tiny['updates']} --trajectories {tiny['trajectories_per_round']}"
+    assert train_commands(out, "tiny") and all(flags in line for line in train_commands(out, "tiny"))
+
+
+@pytest.mark.slow
+def test_sd15_path_runs_every_method_end_to_end_offline(random_sd_dir, aesthetic_stand_ins, inception_stand_in,
+                                                      tmp_path):
+    """The sd15 workflow (model check, train every method, evaluate with CLIP and Inception features,
+    tables, figures) on CPU with stand-ins: a random SD-shaped pipeline, a tiny random CLIP behind the
+    aesthetic reward and the diversity features, a TorchScript stand-in for the FID Inception. No network."""
+    copy_workflow(tmp_path)
+    train = yaml.safe_load((ROOT / "config/train/sd15.yaml").read_text())
+    train.update(model=str(random_sd_dir), device="cpu", trajectories_per_round=2, eval_every=1, checkpoint_every=2,
+                 sampler={"num_steps": 3, "eta": 1.0, "guidance_scale": 5.0}, prompts=["cat", "dog"],
+                 eval_prompts=["camel", "bat"], eval_samples_per_prompt=2)
+    train["methods"]["residual_nabla_db"].update(flow_channels=[8, 16], transition_fraction=0.5)
+    train["rewards"]["aesthetic"] = aesthetic_stand_ins
+    (tmp_path / "config/train/sd15.yaml").write_text(yaml.safe_dump(train))
+    config = yaml.safe_load((ROOT / "config/sd15.yaml").read_text())
+    config["sd15"].update(seeds=[0], budget={"updates": 2}, evaluation={
+        "samples": 2, "features": f"clip={aesthetic_stand_ins['clip_model']}", "fid_features": f"inception={inception_stand_in}"})
+    (tmp_path / "sd15-mini.yaml").write_text(yaml.safe_dump(config))
+    env_free = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "sd15-mini.yaml"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                            env={**env_free, "HF_HOME": str(tmp_path / "empty-hf-home"), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    summary = (tmp_path / "results/sd15/summary.csv").read_text()
+    assert all(m in summary for m in ["pretrained", *available_methods()])
+    figures = sorted(p.name for p in (tmp_path / "results/sd15/figures").iterdir())
+    assert figures == sorted(p.rsplit("/", 1)[1].replace("colorfulness", "aesthetic") for p in IMAGE_FIGURES.split())

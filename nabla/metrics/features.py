@@ -1,9 +1,19 @@
 """Feature extractors for the image metrics: images in [0, 1], (B, 3, H, W) → features (B, D).
 
-At the tiny scale the features are those of an evaluation network the workflow trains on
-OpenMoji (``python -m nabla train-features``): the same CNN family as the learned reward, but a
-separate model — other words (every frequent caption word, not the prompt words), other seed —
-so a fine-tuned model cannot score well on diversity or FID by exploiting its own reward model.
+Diversity is the mean pairwise cosine distance between features, FID-to-prior the Fréchet
+distance between feature sets (:mod:`nabla.metrics.images`). An extractor is named by a spec,
+``NAME`` or ``NAME=MODEL`` (``build_features``):
+
+- ``emoji=DIR`` (tiny): the evaluation network the workflow trains on OpenMoji
+  (``python -m nabla train-features``): the same CNN family as the learned reward, but a separate
+  model — other words (every frequent caption word, not the prompt words), other seed — so a
+  fine-tuned model cannot score well on diversity or FID by exploiting its own reward model;
+- ``clip`` (sd15): CLIP ViT-L/14's normalised image embedding;
+- ``inception`` (sd15): the 2048-d pool features of the TensorFlow FID Inception-v3, the
+  TorchScript port that StyleGAN2-ADA and clean-fid use, so FIDs compare with the literature's.
+
+The sd15 models load only from local caches (:mod:`nabla.hub`); ``required_models`` lists them
+for ``fetch-models`` and its offline check.
 """
 
 from __future__ import annotations
@@ -18,7 +28,14 @@ import torch
 from torch import nn
 
 from nabla.data import openmoji
+from nabla.hub import HubModel, UrlModel, resolve
+from nabla.models.clip import CLIP_L14, ClipImageEmbedding, clip_hub_model
 from nabla.rewards.learned import load_emoji_classifier, train_emoji_classifier
+
+INCEPTION = UrlModel(
+    "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt",
+    purpose="FID features: Inception-v3, TorchScript",
+)
 
 #: caption words that name no visual content
 STOPWORDS = frozenset({"with", "and", "of", "the", "a", "in", "on", "for", "sign", "symbol"})
@@ -35,9 +52,15 @@ class EmojiFeatures(nn.Module):
 
     name = "emoji"
 
-    def __init__(self, model_dir: str | os.PathLike):
+    def __init__(self, model_dir: str | os.PathLike | None = None):
         super().__init__()
+        if model_dir is None:
+            raise ValueError("the emoji features need their folder: emoji=DIR (python -m nabla train-features)")
         self.network = load_emoji_classifier(model_dir)
+
+    @staticmethod
+    def required_models(model_dir: str | None = None) -> list:
+        return []  # trained by the workflow, not fetched
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -53,11 +76,60 @@ def train_feature_network(
     return train_emoji_classifier(data_cache, out_dir, seed=seed, steps=steps, progress=progress, classes=words)
 
 
-FEATURES = {"emoji": EmojiFeatures}
+class ClipFeatures(nn.Module):
+    """CLIP's L2-normalised image embedding (ViT-L/14 by default; ``clip=REPO`` for another)."""
+
+    name = "clip"
+
+    def __init__(self, model: str = CLIP_L14):
+        super().__init__()
+        self.embedding = ClipImageEmbedding(self.required_models(model)[0]).requires_grad_(False)
+
+    @staticmethod
+    def required_models(model: str = CLIP_L14) -> list[HubModel]:
+        return [clip_hub_model(model, "image metrics: CLIP image features")]
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embedding(images.float())
 
 
-def build_features(name: str, **options) -> nn.Module:
-    """A feature extractor by name (``emoji`` at tiny; the sd15 extractors are not written yet)."""
+class InceptionFeatures(nn.Module):
+    """FID's Inception-v3 pool features (2048-d). The TorchScript network takes images of any size
+    in [0, 255] and resizes them to 299×299 itself; ``inception=PATH`` loads another copy."""
+
+    name = "inception"
+
+    def __init__(self, model: str | None = None):
+        super().__init__()
+        self.network = torch.jit.load(str(resolve(self.required_models(model)[0])), map_location="cpu").eval()
+
+    @staticmethod
+    def required_models(model: str | None = None) -> list:
+        return [HubModel(model, purpose=INCEPTION.purpose) if model else INCEPTION]
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(images.float().clamp(0, 1) * 255, return_features=True).flatten(1)
+
+
+FEATURES = {cls.name: cls for cls in (EmojiFeatures, ClipFeatures, InceptionFeatures)}
+
+
+def _parse(spec: str) -> tuple[type, str | None]:
+    name, _, model = spec.partition("=")
     if name not in FEATURES:
-        raise ValueError(f"unknown feature extractor '{name}'; known: {', '.join(FEATURES)}")
-    return FEATURES[name](**options)
+        raise ValueError(f"unknown feature extractor '{name}'; known: {', '.join(FEATURES)} (spec NAME or NAME=MODEL)")
+    return FEATURES[name], model or None
+
+
+def build_features(spec: str) -> nn.Module:
+    """A feature extractor from its spec, ``NAME`` or ``NAME=MODEL`` (e.g. ``emoji=runs/tiny/features``)."""
+    cls, model = _parse(spec)
+    return cls(model) if model else cls()
+
+
+def feature_models(spec: str) -> list:
+    """The pretrained models an extractor loads (for fetch-models and the offline check)."""
+    cls, model = _parse(spec)
+    return cls.required_models(model) if model else cls.required_models()

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -42,8 +43,8 @@ class TinyPriorConfig:
     heldout_fraction: float = 0.1
     # VAE
     vae_channels: tuple[int, ...] = (32, 64)
-    vae_steps: int = 500
-    vae_batch_size: int = 32
+    vae_steps: int = 350
+    vae_batch_size: int = 16
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
     # text encoder
@@ -54,8 +55,8 @@ class TinyPriorConfig:
     # UNet
     unet_channels: tuple[int, ...] = (32, 64, 64)
     unet_layers_per_block: int = 1
-    unet_steps: int = 1000
-    unet_batch_size: int = 64
+    unet_steps: int = 950
+    unet_batch_size: int = 48
     unet_lr: float = 1e-3
     warmup_steps: int = 100
     min_snr_gamma: float = 5.0
@@ -270,11 +271,13 @@ def train_unet(
         noise = torch.randn(x0.shape, generator=generator)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        eps = unet(x_t, t, encoder_hidden_states=text_encoder(ids)[0]).sample
-        per_sample = (eps - noise).pow(2).mean(dim=(1, 2, 3))
-        loss = (min_snr_weight(alphas_cumprod, t, cfg.min_snr_gamma) * per_sample).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # The math kernel: CPU flash attention is slower at these 8-wide heads (~7% of a step).
+        with sdpa_kernel(SDPBackend.MATH):
+            eps = unet(x_t, t, encoder_hidden_states=text_encoder(ids)[0]).sample
+            per_sample = (eps - noise).pow(2).mean(dim=(1, 2, 3))
+            loss = (min_snr_weight(alphas_cumprod, t, cfg.min_snr_gamma) * per_sample).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()

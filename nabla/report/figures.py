@@ -224,14 +224,17 @@ def image_samples_figure(records: Sequence[dict], title: str = ""):
     return fig
 
 
-def image_figures(results: str | Path, scale: str, seed: int = 0) -> list[Path]:
-    """Every figure of an image scale from results/<scale>/{summary.csv, curves.csv, metrics/}."""
+def image_figures(results: str | Path, scale: str, seed: int = 0, rewards: Sequence[str] | None = None) -> list[Path]:
+    """The figures of an image scale from results/<scale>/{summary.csv, curves.csv, metrics/}, for
+    every reward there or those in ``rewards``."""
     results = Path(results)
     summary = pd.read_csv(results / "summary.csv")
     curves = pd.read_csv(results / "curves.csv")
     written: list[Path] = []
     figures = results / "figures"
-    for reward in summary["reward"].unique():
+    for reward in rewards or summary["reward"].unique():
+        if reward not in set(summary["reward"]):
+            raise ValueError(f"{results / 'summary.csv'} holds no run of reward '{reward}'")
         rows = summary[summary["reward"] == reward]
         title = f"{scale}, reward {reward}, held-out prompts"
         written += save(curve_figure(curves[curves["reward"] == reward], IMAGE_CURVES, title), figures / f"curves_{reward}")

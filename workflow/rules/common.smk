@@ -43,6 +43,12 @@ def model_option(scale):
     return "" if scale == "sd15" else f"--model {prior_dir(scale)}"
 
 
+def budget_options(scale):
+    """The train command's overrides of the scale's train_config (its `budget`)."""
+    flags = {"updates": "--updates", "trajectories_per_round": "--trajectories"}
+    return " ".join(f"{flags[k]} {v}" for k, v in config[scale].get("budget", {}).items())
+
+
 REWARD_MODEL = f"{RUNS}/tiny/reward/emoji_classifier.safetensors"  # the learned reward (emoji_class)
 FEATURES = f"{RUNS}/tiny/features/emoji_classifier.safetensors"  # the tiny evaluation network
 
@@ -70,13 +76,17 @@ def evaluation_options(scale):
     e = config[scale]["evaluation"]
     if scale == "toy2d":
         return f"--beta {e['beta']} --samples {e['samples']}"
-    return f"--features {os.path.dirname(FEATURES)} --samples {e['samples']}"
+    if scale == "tiny":
+        return f"--features emoji={os.path.dirname(FEATURES)} --samples {e['samples']}"
+    return f"--features {e['features']} --fid-features {e['fid_features']} --samples {e['samples']}"
 
 
 def image_figure_files(scale):
+    """An image scale's figures; scale "{scale}" (a wildcard) gives the patterns of one rule for all."""
     kinds = ["curves", "tradeoff_diversity", "tradeoff_fid_to_prior", "samples"]
-    return expand(f"results/{scale}/figures/{{kind}}_{{reward}}.{{ext}}", kind=kinds,
-                  reward=config[scale]["rewards"], ext=["png", "pdf"])
+    rewards = ["{reward}"] if scale == "{scale}" else config[scale]["rewards"]
+    return expand(f"results/{scale}/figures/{{kind}}_{{reward}}.{{ext}}", kind=kinds, reward=rewards,
+                  ext=["png", "pdf"], allow_missing=True)
 
 
 def toy2d_figure_files():
@@ -91,8 +101,8 @@ def all_targets():
         targets += [rules.toy2d_tables.output, rules.toy2d_figures.output]
     if "tiny" in scales:
         targets.append("results/tiny/prior_samples.png")
-        # the tiny comparison is opt-in (tiny.methods) until it fits the default's time budget
-        targets += [rules.tiny_tables.output, rules.tiny_figures.output] if config["tiny"]["methods"] else []
+        if config["tiny"]["methods"]:  # [] leaves the tiny comparison out
+            targets += ["results/tiny/table.md"] + image_figure_files("tiny")
     if "sd15" in scales:
-        targets += run_dones("sd15")  # evaluation at sd15 waits for its feature backends
+        targets += ["results/sd15/table.md"] + image_figure_files("sd15")
     return targets

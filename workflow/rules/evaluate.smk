@@ -15,6 +15,8 @@ rule evaluate:
         run=folder_of("done"),
         options=lambda w: evaluation_options(w.scale),
     threads: 1
+    resources:
+        gpu=lambda w: int(w.scale == "sd15"),
     conda:
         ENV
     shell:
@@ -35,6 +37,8 @@ rule evaluate_prior:
         run=folder_of("done"),
         options=lambda w: evaluation_options(w.scale),
     threads: 1
+    resources:
+        gpu=lambda w: int(w.scale == "sd15"),
     conda:
         ENV
     shell:

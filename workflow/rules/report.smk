@@ -54,14 +54,17 @@ rule toy2d_figures:
         "python -m nabla figures --scale toy2d --results {params.results} > {log} 2>&1"
 
 
-rule tiny_tables:
+# tiny and sd15: reward, diversity and FID-to-prior on held-out prompts.
+rule image_tables:
     input:
-        metric_files("tiny"),
+        lambda w: metric_files(w.scale),
     output:
-        summary="results/tiny/summary.csv",
-        table=multiext("results/tiny/table", ".md", ".tex"),
+        summary="results/{scale}/summary.csv",
+        table=multiext("results/{scale}/table", ".md", ".tex"),
+    wildcard_constraints:
+        scale="tiny|sd15",
     log:
-        "logs/tiny/tables.log",
+        "logs/{scale}/tables.log",
     params:
         stem=lambda w, output: os.path.splitext(output.table[0])[0],
     conda:
@@ -69,31 +72,34 @@ rule tiny_tables:
     shell:
         "python -m nabla aggregate --metrics {input} --summary {output.summary} --table {params.stem}"
         " --columns reward_mean diversity fid_to_prior fid_to_prior_pooled"
-        " --title 'tiny, held-out prompts' > {log} 2>&1"
+        " --title '{wildcards.scale}, held-out prompts' > {log} 2>&1"
 
 
-rule tiny_figures:
+rule image_figures:
     input:
-        summary=rules.tiny_tables.output.summary,
-        curves="results/tiny/curves.csv",
-        metrics=metric_files("tiny"),
+        summary="results/{scale}/summary.csv",
+        curves="results/{scale}/curves.csv",
+        metrics=lambda w: metric_files(w.scale),
     output:
-        [report(f, caption="../report/tiny_figures.rst", category="tiny") if f.endswith(".png") else f
-         for f in image_figure_files("tiny")],
+        [report(f, caption="../report/image_figures.rst", category="{scale}") if f.endswith(".png") else f
+         for f in image_figure_files("{scale}")],
+    wildcard_constraints:
+        scale="tiny|sd15",
     log:
-        "logs/tiny/figures.log",
+        "logs/{scale}/figures_{reward}.log",
     params:
         results=lambda w, input: os.path.dirname(input.summary),
     conda:
         ENV
     shell:
-        "python -m nabla figures --scale tiny --results {params.results} > {log} 2>&1"
+        "python -m nabla figures --scale {wildcards.scale} --reward {wildcards.reward} --results {params.results}"
+        " > {log} 2>&1"
 
 
 rule figures:
     input:
         rules.toy2d_figures.output,
-        rules.tiny_figures.output if config["tiny"]["methods"] else [],
+        image_figure_files("tiny") if config["tiny"]["methods"] else [],
 
 
 # The benchmark (not part of `all`): `snakemake --cores all bench`; see nabla/bench.py.

@@ -26,10 +26,12 @@ rule check_sd15_models:
         prior_marker("sd15"),
     log:
         "logs/sd15/check_models.log",
+    params:
+        features=" ".join(f"--features {config['sd15']['evaluation'][k]}" for k in ("features", "fid_features")),
     conda:
         ENV
     shell:
-        "python -m nabla fetch-models --check --config {input} > {output} 2> {log}"
+        "python -m nabla fetch-models --check --config {input} {params.features} > {output} 2> {log}"
 
 
 rule train:
@@ -44,6 +46,7 @@ rule train:
     params:
         out=folder_of("done"),
         model=lambda w: model_option(w.scale),
+        budget=lambda w: budget_options(w.scale),
     threads: 1
     resources:
         gpu=lambda w: int(w.scale == "sd15"),
@@ -51,5 +54,5 @@ rule train:
         ENV
     shell:
         "python -m nabla train --method {wildcards.method} --reward {wildcards.reward}"
-        " --seed {wildcards.seed} --config {input.config} {params.model} --out {params.out}"
+        " --seed {wildcards.seed} --config {input.config} {params.model} {params.budget} --out {params.out}"
         " --on-config-change restart --threads {threads} --no-progress > {log} 2>&1"
