@@ -140,11 +140,15 @@ def cmd_train_features(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
     from nabla.evaluation import evaluate_run
+    from nabla.hub import MissingModelsError
 
-    metrics = evaluate_run(
-        args.run, args.out, beta=args.beta, num_samples=args.samples, prior_only=args.prior, features=args.features,
-        fid_features=args.fid_features,
-    )
+    try:
+        metrics = evaluate_run(
+            args.run, args.out, beta=args.beta, num_samples=args.samples, prior_only=args.prior,
+            features=args.features, fid_features=args.fid_features,
+        )
+    except MissingModelsError as error:
+        raise SystemExit(f"error: {error}") from error
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}))
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from nabla.metrics.features import build_features
+from nabla.hub import check_available
+from nabla.metrics.features import build_features, feature_models
 from nabla.metrics.images import diversity, fid_to_prior
 from nabla.metrics.toy2d import component_masses, distances_to_target, energy_distance
 from nabla.report.grids import png_base64
@@ -105,17 +106,21 @@ def evaluate_run(
     """Metrics of a finished run (or of its prior) as a JSON file. toy2d needs ``beta``; tiny and
     sd15 the feature extractors' specs (:func:`nabla.metrics.features.build_features`):
     ``features`` for diversity and FID, ``fid_features`` for FID instead where given."""
+    # the extractors first: missing models, all named at once, stop it before the pipeline loads
+    specs = [spec for spec in (features, fid_features) if spec]
+    check_available([model for spec in specs for model in feature_models(spec)])
+    diversity_net, fid_net = (build_features(spec) if spec else None for spec in (features, fid_features))
     backend, cfg = load_run(run_dir, prior_only)
     if cfg.scale == "toy2d":
         if beta is None:
             raise ValueError("toy2d evaluation needs beta, the β of the exact target p#·exp(βr)")
         measured = evaluate_toy2d(backend, cfg, beta, num_samples)
     else:
-        if features is None:
+        if diversity_net is None:
             raise ValueError(f"{cfg.scale} evaluation needs feature extractors: tiny emoji=DIR (train-features), "
                              "sd15 clip, with fid_features inception")
-        extractors = [build_features(spec).to(backend.device) if spec else None for spec in (features, fid_features)]
-        measured = evaluate_images(backend, cfg, extractors[0], num_samples, extractors[1])
+        measured = evaluate_images(backend, cfg, diversity_net.to(backend.device), num_samples,
+                                   fid_net.to(backend.device) if fid_net is not None else None)
     metrics = {
         "scale": cfg.scale, "reward": cfg.reward, "seed": cfg.seed,
         "method": "pretrained" if prior_only else cfg.method,

@@ -130,3 +130,15 @@ def test_sd15_feature_models_missing_offline_are_named(tmp_path, monkeypatch):
         build_features("inception")
     with pytest.raises(MissingModelsError, match="nabla-test/no-clip \\(image metrics: CLIP"):
         build_features("clip=nabla-test/no-clip")
+
+
+def test_evaluation_names_every_missing_feature_model_before_loading_the_run(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from nabla.evaluation import evaluate_run
+    from nabla.hub import MissingModelsError
+
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path))
+    with pytest.raises(MissingModelsError, match="2 model") as error:  # not the absent run folder's error
+        evaluate_run(tmp_path / "no-run", tmp_path / "m.json", features="clip=nabla-test/no-clip", fid_features="inception")
+    assert "nabla-test/no-clip" in str(error.value) and "inception-2015-12-05.pt" in str(error.value)

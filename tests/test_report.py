@@ -83,3 +83,12 @@ def test_sample_strip_round_trips_through_png_base64():
     images = torch.rand(5, 3, 8, 6)
     quantised = (images * 255).round() / 255
     torch.testing.assert_close(from_png_base64(png_base64(images), 5), quantised, rtol=0, atol=1e-6)
+
+
+def test_tradeoff_axes_are_symlog_only_where_values_span_decades():
+    wide = pd.DataFrame({"method": ["pretrained", "draft"], "fid_to_prior": [0.0, 22.0], "reward_mean": [0.19, 0.31]})
+    ax = tradeoff_figure(wide, "fid_to_prior", "reward_mean", "x", "y").axes[0]
+    assert ax.get_xscale() == "symlog" and ax.get_yscale() == "linear"
+    narrow = wide.assign(fid_to_prior=[0.267, 0.206], reward_mean=[1.5, 40.0])  # a diversity; rewards up to 40
+    ax = tradeoff_figure(narrow, "fid_to_prior", "reward_mean", "x", "y").axes[0]
+    assert ax.get_xscale() == "linear" and ax.get_yscale() == "symlog"

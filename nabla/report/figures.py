@@ -116,6 +116,12 @@ def curve_figure(curves: pd.DataFrame, panels=TOY2D_CURVES, title: str = ""):
     return fig
 
 
+def spans_decades(values: pd.Series, linthresh: float) -> bool:
+    """Whether |values| span more than a decade, counting from ``linthresh`` (a symlog axis's linear core)."""
+    magnitudes = values.abs()
+    return bool(magnitudes.max() > 10 * max(magnitudes.min(), linthresh))
+
+
 def tradeoff_figure(summary: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str, title: str = ""):
     """One small point per seed, the seed mean as a large outlined marker, per method.
 
@@ -134,8 +140,12 @@ def tradeoff_figure(summary: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: 
         ax.scatter(runs[x], runs[y], color=color, s=14, alpha=0.6)
         ax.scatter(runs[x].mean(), runs[y].mean(), color=color, s=90, edgecolor="black",
                    label=METHOD_LABELS.get(method, method))
-    ax.set_xscale("symlog", linthresh=1e-2)  # the prior's own distance is ≈ 0 (can be slightly < 0)
-    ax.set_yscale("symlog", linthresh=1.0)  # linear for rewards of order one, compressed beyond
+    # the prior's own distance is ≈ 0 (can be slightly < 0) and diverging runs' are huge: symlog
+    # where values span decades; linear where they do not (diversities, rewards of order one)
+    if spans_decades(summary[x], 1e-2):
+        ax.set_xscale("symlog", linthresh=1e-2)
+    if spans_decades(summary[y], 1.0):
+        ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
