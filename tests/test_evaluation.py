@@ -96,5 +96,5 @@ def test_tiny_evaluation_reports_diversity_and_fid_to_the_prior(random_sd_dir, o
     assert abs(prior["fid_to_prior"]) < 1e-6, prior
     assert tuned["fid_to_prior"] > 1e-4 and tuned["fid_to_prior_pooled"] > 1e-4, tuned
     assert prior["diversity"] == pytest.approx(prior["prior_diversity"]) == pytest.approx(tuned["prior_diversity"])
-    with pytest.raises(ValueError, match="needs the feature network"):
+    with pytest.raises(ValueError, match="tiny evaluation needs feature extractors: tiny emoji=DIR"):
         main(["evaluate", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "x.json")])

@@ -183,7 +183,7 @@ def test_tiny_comparison_runs_end_to_end_to_its_figures(random_sd_dir, openmoji_
 
 @pytest.mark.slow
 def test_full_config_plans_every_method_on_two_rewards_per_scale():
-    out = dry_run("--configfile", "config/full.yaml")
+    out = dry_run("--configfile", "config/full.yaml", "--printshellcmds")
     jobs = dict(line.split() for line in out.split("Job stats:")[1].split("total")[0].splitlines()[3:] if line.strip())
     # (toy2d + tiny) x 7 methods x 2 rewards x 3 seeds; the prior's row per (scale, reward, seed)
     assert jobs["train"] == "84" and jobs["evaluate"] == "84" and jobs["evaluate_prior"] == "12"
@@ -202,7 +202,9 @@ def test_sd15_path_runs_every_method_end_to_end_offline(random_sd_dir, aesthetic
     aesthetic reward and the diversity features, a TorchScript stand-in for the FID Inception. No network."""
     copy_workflow(tmp_path)
     train = yaml.safe_load((ROOT / "config/train/sd15.yaml").read_text())
-    train.update(model=str(random_sd_dir), device="cpu", trajectories_per_round=2, eval_every=1, checkpoint_every=2,
+    # float32: bf16 is emulated on this CPU (test_sd_backend covers the bf16 path)
+    train.update(model=str(random_sd_dir), device="cpu", frozen_dtype="float32", trajectories_per_round=2, eval_every=1,
+                 checkpoint_every=2,
                  sampler={"num_steps": 3, "eta": 1.0, "guidance_scale": 5.0}, prompts=["cat", "dog"],
                  eval_prompts=["camel", "bat"], eval_samples_per_prompt=2)
     train["methods"]["residual_nabla_db"].update(flow_channels=[8, 16], transition_fraction=0.5)
