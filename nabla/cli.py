@@ -106,7 +106,6 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
-    from nabla.hub import MissingModelsError
     from nabla.trainer import ConfigChangedError, NonFiniteError, Trainer, load_train_config
 
     overrides = {"updates": args.updates, "trajectories_per_round": args.trajectories, "model": args.model,
@@ -116,7 +115,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         trainer = Trainer(cfg, args.out, progress=not args.no_progress, on_config_change=args.on_config_change,
                           config_path=args.config)
         summary = trainer.run()
-    except (NonFiniteError, ConfigChangedError, MissingModelsError) as error:
+    except (NonFiniteError, ConfigChangedError) as error:
         raise SystemExit(f"error: {error}") from error
     print(json.dumps(summary))
 
@@ -140,15 +139,11 @@ def cmd_train_features(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
     from nabla.evaluation import evaluate_run
-    from nabla.hub import MissingModelsError
 
-    try:
-        metrics = evaluate_run(
-            args.run, args.out, beta=args.beta, num_samples=args.samples, prior_only=args.prior,
-            features=args.features, fid_features=args.fid_features,
-        )
-    except MissingModelsError as error:
-        raise SystemExit(f"error: {error}") from error
+    metrics = evaluate_run(
+        args.run, args.out, beta=args.beta, num_samples=args.samples, prior_only=args.prior,
+        features=args.features, fid_features=args.fid_features,
+    )
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}))
 
 
@@ -226,17 +221,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_fetch_models(args: argparse.Namespace) -> None:
-    from nabla.hub import MissingModelsError, check_available, fetch
+    from nabla.hub import check_available, fetch
     from nabla.trainer import config_models
 
     models = config_models(args.config, args.features)
     if not models:
         print(f"{args.config} needs no pretrained model from the hub")
         return
-    try:
-        paths = check_available(models, args.config) if args.check else fetch(models)
-    except MissingModelsError as error:
-        raise SystemExit(f"error: {error}") from error
+    paths = check_available(models, args.config) if args.check else fetch(models)
     for model, path in paths.items():
         print(f"{model}: {path}")
 
@@ -392,8 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from nabla.hub import MissingModelsError
+
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except MissingModelsError as error:  # any command: the list of missing models and how to fetch them
+        raise SystemExit(f"error: {error}") from error
 
 
 if __name__ == "__main__":
