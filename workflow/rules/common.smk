@@ -43,6 +43,11 @@ def model_option(scale):
     return "" if scale == "sd15" else f"--model {prior_dir(scale)}"
 
 
+def gpus(wildcards):
+    """A training, sampling or evaluation job's GPUs: one at sd15, none at the CPU scales."""
+    return int(wildcards.scale == "sd15")
+
+
 def budget_options(scale):
     """The train command's overrides of the scale's train_config (its `budget`)."""
     flags = {"updates": "--updates", "trajectories_per_round": "--trajectories"}

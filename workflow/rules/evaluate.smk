@@ -16,7 +16,7 @@ rule evaluate:
         options=lambda w: evaluation_options(w.scale),
     threads: 1
     resources:
-        gpu=lambda w: int(w.scale == "sd15"),
+        gpu=gpus,
     conda:
         ENV
     shell:
@@ -38,7 +38,7 @@ rule evaluate_prior:
         options=lambda w: evaluation_options(w.scale),
     threads: 1
     resources:
-        gpu=lambda w: int(w.scale == "sd15"),
+        gpu=gpus,
     conda:
         ENV
     shell:

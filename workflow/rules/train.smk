@@ -49,7 +49,7 @@ rule train:
         budget=lambda w: budget_options(w.scale),
     threads: 1
     resources:
-        gpu=lambda w: int(w.scale == "sd15"),
+        gpu=gpus,
     conda:
         ENV
     shell:
