@@ -224,7 +224,7 @@ def cmd_fetch_models(args: argparse.Namespace) -> None:
     from nabla.hub import check_available, fetch
     from nabla.trainer import config_models
 
-    models = config_models(args.config, args.features)
+    models = config_models(args.config, args.features, args.reward or None)
     if not models:
         print(f"{args.config} needs no pretrained model from the hub")
         return
@@ -373,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "command that uses the network); --check only looks them up offline")
     p.add_argument("--config", required=True, help="a workflow config (config/sd15.yaml) or a training config")
     p.add_argument("--check", action="store_true", help="do not download: fail listing every missing model")
+    p.add_argument("--reward", action="append", default=[],
+                   help="with a training config: only this reward's runs (repeatable; default: every reward it lists)")
     p.add_argument("--features", action="append", default=[],
                    help="also an evaluation feature extractor's models (NAME or NAME=MODEL; repeatable)")
     p.set_defaults(func=cmd_fetch_models)

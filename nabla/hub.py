@@ -25,9 +25,11 @@ class HubModel:
     #: a snapshot's files to fetch (None: all of them); SD 1.5's repository also holds 8 GB of
     #: single-file checkpoints that the diffusers folders do not need
     allow_patterns: tuple[str, ...] | None = None
+    repo_type: str = "model"  # or "dataset" (prompt sets)
 
     def __str__(self) -> str:
         name = self.repo_id if self.filename is None else f"{self.repo_id}/{self.filename}"
+        name = f"datasets/{name}" if self.repo_type == "dataset" and not self.is_local else name
         return f"{name} ({self.purpose})" if self.purpose else name
 
     @property
@@ -83,8 +85,8 @@ def local_path(model: HubModel | UrlModel) -> Path | None:
 
     try:
         if model.filename is None:
-            return Path(snapshot_download(model.repo_id, local_files_only=True))
-        return Path(hf_hub_download(model.repo_id, model.filename, local_files_only=True))
+            return Path(snapshot_download(model.repo_id, repo_type=model.repo_type, local_files_only=True))
+        return Path(hf_hub_download(model.repo_id, model.filename, repo_type=model.repo_type, local_files_only=True))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
         return None
 
@@ -120,8 +122,8 @@ def fetch(models: Iterable[HubModel | UrlModel]) -> dict:
         elif path is None and model.is_local:
             raise FileNotFoundError(f"{model} is a local path that does not exist; it cannot be fetched")
         elif path is None:
-            path = Path(snapshot_download(model.repo_id, allow_patterns=model.allow_patterns) if model.filename is None
-                        else hf_hub_download(model.repo_id, model.filename))
+            path = Path(snapshot_download(model.repo_id, repo_type=model.repo_type, allow_patterns=model.allow_patterns)
+                        if model.filename is None else hf_hub_download(model.repo_id, model.filename, repo_type=model.repo_type))
         paths[model] = path
     return paths
 

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from nabla import distributed
+from nabla.data.prompt_sets import parse_prompts
 from nabla.hub import HubModel, check_available
 from nabla.methods import Method, Rollouts, SamplerConfig, method_class, options_from_dict
 from nabla.metrics.toy2d import distances_to_target
@@ -100,14 +101,34 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
 
 
-def load_train_config(path: str | Path | None, method: str, reward: str, seed: int, **overrides) -> TrainConfig:
-    """A run's config from a scale's YAML: top-level keys, plus `methods[method]`, `rewards[reward]`."""
-    raw = yaml.safe_load(Path(path).read_text()) if path else {}
-    raw = dict(raw or {})
+#: the config keys that take a list of prompts or a prompt set (nabla.data.prompt_sets)
+PROMPT_KEYS = ("prompts", "eval_prompts")
+
+
+def run_settings(path: str | Path | None, method: str, reward: str, seed: int, **overrides) -> dict:
+    """A run's settings from a scale's YAML, before prompt sets are read: the top-level keys; then
+    ``per_reward[reward]`` (top-level keys, and ``methods`` merged into each method's options);
+    then ``methods[method]`` as the method's options and ``rewards[reward]`` as the reward's; then
+    ``overrides`` (None: not given)."""
+    raw = dict((yaml.safe_load(Path(path).read_text()) if path else {}) or {})
     methods, rewards = raw.pop("methods", {}) or {}, raw.pop("rewards", {}) or {}
+    per_reward = dict((raw.pop("per_reward", {}) or {}).get(reward) or {})
+    reward_methods = per_reward.pop("methods", {}) or {}
+    raw.update(per_reward)
     raw.update(method=method, reward=reward, seed=seed, **{k: v for k, v in overrides.items() if v is not None})
-    raw["method_options"] = {**(methods.get(method) or {}), **raw.get("method_options", {})}
+    raw["method_options"] = {
+        **(methods.get(method) or {}), **(reward_methods.get(method) or {}), **raw.get("method_options", {})
+    }
     raw["reward_options"] = {**(rewards.get(reward) or {}), **raw.get("reward_options", {})}
+    return raw
+
+
+def load_train_config(path: str | Path | None, method: str, reward: str, seed: int, **overrides) -> TrainConfig:
+    """A run's config (:func:`run_settings`), with any prompt set read from the local cache."""
+    raw = run_settings(path, method, reward, seed, **overrides)
+    for key in PROMPT_KEYS:
+        if (prompt_set := parse_prompts(raw.get(key))) is not None:
+            raw[key] = prompt_set.load()
     return options_from_dict(TrainConfig, raw)
 
 
@@ -119,16 +140,17 @@ def required_models(cfg: TrainConfig) -> list[HubModel]:
     return models + reward_class(cfg.reward).required_models(**cfg.reward_options)
 
 
-def config_models(path: str | Path, features: Iterable[str] = ()) -> list:
-    """Every model a config's runs load: a training config (``scale:`` at the top, each reward
-    under ``rewards:``) or a workflow config (each scale in ``scales`` with its ``train_config``,
-    ``rewards`` and its evaluation's feature extractors), plus the extractors named in ``features``."""
+def config_models(path: str | Path, features: Iterable[str] = (), rewards: Iterable[str] | None = None) -> list:
+    """Every model and prompt file a config's runs load: a training config (``scale:`` at the top,
+    each reward under ``rewards:``, or only ``rewards`` where given) or a workflow config (each
+    scale in ``scales`` with its ``train_config``, ``rewards`` and its evaluation's feature
+    extractors), plus the extractors named in ``features``."""
     from nabla.metrics.features import feature_models
 
     raw = yaml.safe_load(Path(path).read_text()) or {}
     features = list(features)
     if "scale" in raw:
-        runs = [(path, list(raw.get("rewards") or {}) or [raw.get("reward", TrainConfig.reward)])]
+        runs = [(path, list(rewards or raw.get("rewards") or {}) or [raw.get("reward", TrainConfig.reward)])]
     else:
         scales = raw.get("scales") or [k for k, v in raw.items() if isinstance(v, dict) and "train_config" in v]
         runs = [(raw[s]["train_config"], raw[s]["rewards"]) for s in scales if "train_config" in raw.get(s, {})]
@@ -137,7 +159,11 @@ def config_models(path: str | Path, features: Iterable[str] = ()) -> list:
     models = []
     for train_config, rewards in runs:
         for reward in rewards:
-            models += required_models(load_train_config(train_config, TrainConfig.method, reward, 0))
+            settings = run_settings(train_config, TrainConfig.method, reward, 0)
+            prompt_sets = {key: parse_prompts(settings.get(key)) for key in PROMPT_KEYS}
+            models += [m for s in prompt_sets.values() if s is not None for m in s.required_models()]
+            settings.update({key: () for key, s in prompt_sets.items() if s is not None})  # not read here
+            models += required_models(options_from_dict(TrainConfig, settings))
     for spec in features:
         models += feature_models(spec)
     return list(dict.fromkeys(models))

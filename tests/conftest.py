@@ -1,11 +1,14 @@
 """Shared fixtures: small models built in seconds, never downloaded."""
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+
+sys.path.insert(0, str(Path(__file__).parent / "reference"))  # open_clip_reference: shared with its test
 
 
 @pytest.fixture(scope="session")
@@ -92,3 +95,19 @@ def inception_stand_in(tmp_path_factory):
     path = tmp_path_factory.mktemp("inception") / "inception-stand-in.pt"
     torch.jit.script(InceptionStandIn()).save(str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def hps_stand_ins(tmp_path_factory):
+    """An open_clip-format checkpoint of the reference's seeded weights, saved as HPSv2's is, and a
+    base-model folder with its transformers config and a small CLIP tokenizer."""
+    from open_clip_reference import REFERENCE, TEXT, seeded_state, tiny_config
+
+    from nabla.models.tokenizer import write_word_tokenizer
+
+    folder = tmp_path_factory.mktemp("hps")
+    tokenizer = write_word_tokenizer(["cat", "dog", "photo"], folder / "base", max_length=TEXT["context_length"])
+    assert len(tokenizer) <= TEXT["vocab_size"]
+    tiny_config(tokenizer.eos_token_id, tokenizer.bos_token_id).save_pretrained(folder / "base")
+    torch.save({"state_dict": {k: v.half() for k, v in seeded_state(REFERENCE["shapes"]).items()}}, folder / "hps.pt")
+    return {"checkpoint_repo": str(folder), "checkpoint_file": "hps.pt", "base_model": str(folder / "base")}

@@ -54,11 +54,17 @@ def test_sd15_run_stops_before_loading_anything_when_models_are_missing(tmp_path
 
 def test_fetch_models_check_lists_what_the_sd15_config_needs():
     models = config_models(ROOT / "config" / "sd15.yaml")
-    # CLIP ViT-L/14 serves the aesthetic reward and the diversity features: listed once
-    assert [getattr(m, "repo_id", getattr(m, "url", None)) for m in models] == [
-        "stable-diffusion-v1-5/stable-diffusion-v1-5", "openai/clip-vit-large-patch14", "trl-lib/ddpo-aesthetic-predictor",
-        INCEPTION.url,
+    # CLIP ViT-L/14 serves the aesthetic reward and the diversity features, and HPSv2's training and
+    # held-out prompts come from the same two files: each listed once
+    assert [str(m).split(" (")[0] for m in models] == [
+        "stable-diffusion-v1-5/stable-diffusion-v1-5", "openai/clip-vit-large-patch14",
+        "trl-lib/ddpo-aesthetic-predictor/aesthetic-model.pth",
+        "datasets/zhwang/HPDv2/benchmark/photo.json", "datasets/zhwang/HPDv2/benchmark/paintings.json",
+        "xswu/HPSv2/HPS_v2.1_compressed.pt", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", INCEPTION.url,
     ]
+    only_aesthetic = config_models(ROOT / "config" / "train" / "sd15.yaml", rewards=["aesthetic"])
+    assert [m.repo_id for m in only_aesthetic] == [
+        "stable-diffusion-v1-5/stable-diffusion-v1-5", "openai/clip-vit-large-patch14", "trl-lib/ddpo-aesthetic-predictor"]
     assert config_models(ROOT / "config" / "train" / "tiny.yaml") == []
     assert config_models(ROOT / "config" / "train" / "tiny.yaml", ["inception"]) == [INCEPTION]
 
@@ -81,7 +87,7 @@ def test_fetch_models_check_is_offline_and_exits_with_the_list(tmp_path):
     result = subprocess.run([sys.executable, "-m", "nabla", "fetch-models", "--check", "--config", "config/sd15.yaml"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
-    assert "4 model(s) are not on this machine" in result.stderr
+    assert "8 model(s) are not on this machine" in result.stderr
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in result.stderr
 
 

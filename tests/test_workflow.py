@@ -111,7 +111,7 @@ def test_sd15_config_validates_and_runs_only_the_sd15_scale():
     config = default_config()
     config.update(yaml.safe_load((ROOT / "config" / "sd15.yaml").read_text()))  # as --configfile merges
     validate(config, SCHEMA)
-    assert config["scales"] == ["sd15"] and config["sd15"]["rewards"] == ["aesthetic"]
+    assert config["scales"] == ["sd15"] and config["sd15"]["rewards"] == ["aesthetic", "hpsv2"]
     train = yaml.safe_load((ROOT / config["sd15"]["train_config"]).read_text())
     assert train["sampler"] == {"num_steps": 50, "eta": 1.0, "guidance_scale": 5.0} and train["lora_rank"] == 8
     assert set(train["methods"]) == set(available_methods())
@@ -121,9 +121,10 @@ def test_sd15_config_validates_and_runs_only_the_sd15_scale():
 def test_sd15_slurm_dry_run_asks_a_gpu_per_training_job_and_checks_models_first():
     out = dry_run("--profile", "profiles/slurm", "--configfile", "config/sd15.yaml")
     jobs = dict(line.split() for line in out.split("Job stats:")[1].split("total")[0].splitlines()[3:] if line.strip())
-    # 7 methods x 3 seeds, the prior's row per seed; then one table, one curves and one figures job
-    assert jobs == {"check_sd15_models": "1", "train": "21", "evaluate": "21", "evaluate_prior": "3", "curves": "1",
-                    "image_tables": "1", "image_figures": "1", "all": "1"}
+    # 2 rewards x 7 methods x 3 seeds, the prior's row per reward and seed; one table and one
+    # curves job, one figures job per reward
+    assert jobs == {"check_sd15_models": "1", "train": "42", "evaluate": "42", "evaluate_prior": "6", "curves": "1",
+                    "image_tables": "1", "image_figures": "2", "all": "1"}
     train = out.split("rule train:")[1].split("rule ")[0]
     assert "gpu=1" in train and "runtime=720" in train and "slurm_partition=gpu" in train
     evaluate = out.split("rule evaluate:")[1].split("rule ")[0]
@@ -211,7 +212,7 @@ def test_sd15_path_runs_every_method_end_to_end_offline(random_sd_dir, aesthetic
     train["rewards"]["aesthetic"] = aesthetic_stand_ins
     (tmp_path / "config/train/sd15.yaml").write_text(yaml.safe_dump(train))
     config = yaml.safe_load((ROOT / "config/sd15.yaml").read_text())
-    config["sd15"].update(seeds=[0], budget={"updates": 2}, evaluation={
+    config["sd15"].update(rewards=["aesthetic"], seeds=[0], budget={"updates": 2}, evaluation={
         "samples": 2, "features": f"clip={aesthetic_stand_ins['clip_model']}", "fid_features": f"inception={inception_stand_in}"})
     (tmp_path / "sd15-mini.yaml").write_text(yaml.safe_dump(config))
     env_free = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}

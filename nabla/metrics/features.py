@@ -29,7 +29,7 @@ from torch import nn
 
 from nabla.data import openmoji
 from nabla.hub import HubModel, UrlModel, resolve
-from nabla.models.clip import CLIP_L14, ClipImageEmbedding, clip_hub_model
+from nabla.models.clip import CLIP_L14, ClipImageEmbedding, clip_hub_model, load_clip
 from nabla.rewards.learned import load_emoji_classifier, train_emoji_classifier
 
 INCEPTION = UrlModel(
@@ -83,7 +83,7 @@ class ClipFeatures(nn.Module):
 
     def __init__(self, model: str = CLIP_L14):
         super().__init__()
-        self.embedding = ClipImageEmbedding(self.required_models(model)[0]).requires_grad_(False)
+        self.embedding = ClipImageEmbedding(load_clip(self.required_models(model)[0])).requires_grad_(False)
 
     @staticmethod
     def required_models(model: str = CLIP_L14) -> list[HubModel]:

@@ -1,11 +1,14 @@
-"""CLIP's image tower as a differentiable module: images in [0, 1] → L2-normalised embeddings.
+"""CLIP's towers as modules: images in [0, 1] (differentiably) or prompts → L2-normalised embeddings.
 
-Shared by the aesthetic reward (its LAION head reads this embedding) and the ``clip`` feature
-extractor of the sd15 metrics. Weights load only from a local path or the local Hugging Face cache
-(:mod:`nabla.hub`); float32, as the releases compute rewards.
+The image tower is shared by the aesthetic reward (its LAION head reads this embedding) and the
+``clip`` feature extractor of the sd15 metrics; HPSv2 compares it with the text tower's embedding.
+Weights load only from a local path or the local Hugging Face cache (:mod:`nabla.hub`); float32,
+as the releases compute rewards.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,14 +34,18 @@ def clip_hub_model(repo: str = CLIP_L14, purpose: str = "CLIP ViT-L/14 image enc
     return HubModel(repo, purpose=purpose, allow_patterns=CLIP_FILES)
 
 
+def load_clip(model: HubModel):
+    """A transformers CLIPModel from a local folder or the local Hugging Face cache, in float32."""
+    from transformers import CLIPModel
+
+    return CLIPModel.from_pretrained(str(resolve(model)), local_files_only=True, dtype=torch.float32)
+
+
 class ClipImageEmbedding(nn.Module):
     """The projected image embedding of a CLIPModel, L2-normalised: (B, 3, H, W) in [0, 1] → (B, D)."""
 
-    def __init__(self, model: HubModel):
+    def __init__(self, clip):
         super().__init__()
-        from transformers import CLIPModel
-
-        clip = CLIPModel.from_pretrained(str(resolve(model)), local_files_only=True, dtype=torch.float32)
         self.vision = clip.vision_model
         self.projection = clip.visual_projection
         self.image_size = clip.config.vision_config.image_size
@@ -46,4 +53,26 @@ class ClipImageEmbedding(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         embedding = self.projection(self.vision(pixel_values=clip_preprocess(images, self.image_size)).pooler_output)
+        return embedding / embedding.norm(dim=-1, keepdim=True)
+
+
+class ClipTextEmbedding(nn.Module):
+    """The projected text embedding of a CLIPModel, L2-normalised: prompts → (B, D), no gradient
+    (rewards differentiate with respect to images only). Prompts are padded or truncated to the
+    tokenizer's context (77 for CLIP), ending in the end-of-text token the text tower pools at."""
+
+    def __init__(self, clip, tokenizer):
+        super().__init__()
+        self.text = clip.text_model
+        self.projection = clip.text_projection
+        self.tokenizer = tokenizer
+
+    @torch.no_grad()
+    def forward(self, prompts: Sequence[str]) -> torch.Tensor:
+        device = self.projection.weight.device
+        tokens = self.tokenizer(
+            list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+            truncation=True, return_tensors="pt",
+        ).input_ids.to(device)
+        embedding = self.projection(self.text(input_ids=tokens).pooler_output)
         return embedding / embedding.norm(dim=-1, keepdim=True)

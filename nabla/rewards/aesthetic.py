@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from nabla.hub import HubModel, resolve
-from nabla.models.clip import CLIP_L14, ClipImageEmbedding, clip_hub_model
+from nabla.models.clip import CLIP_L14, ClipImageEmbedding, clip_hub_model, load_clip
 from nabla.rewards.base import Reward, register_reward
 
 
@@ -46,7 +46,7 @@ class Aesthetic(Reward):
     ):
         super().__init__()
         clip_ref, head_ref = self.required_models(clip_model, predictor_repo, predictor_file)
-        self.clip = ClipImageEmbedding(clip_ref)
+        self.clip = ClipImageEmbedding(load_clip(clip_ref))
         self.head = aesthetic_head(self.clip.dim)
         path = resolve(head_ref)
         if path.suffix == ".safetensors":

@@ -28,10 +28,11 @@ rule check_sd15_models:
         "logs/sd15/check_models.log",
     params:
         features=" ".join(f"--features {config['sd15']['evaluation'][k]}" for k in ("features", "fid_features")),
+        rewards=" ".join(f"--reward {r}" for r in config["sd15"]["rewards"]),
     conda:
         ENV
     shell:
-        "python -m nabla fetch-models --check --config {input} {params.features} > {output} 2> {log}"
+        "python -m nabla fetch-models --check --config {input} {params.rewards} {params.features} > {output} 2> {log}"
 
 
 rule train:
