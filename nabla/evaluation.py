@@ -84,6 +84,7 @@ def evaluate_images(backend, cfg: TrainConfig, features, samples_per_prompt: int
     with backend.adapter(False):
         prior_images = sample_images(backend, prompts, seeds, **sampler)
     f, f_prior = features(images), features(prior_images)
+    distance = getattr(features, "distance", "cosine")
     g, g_prior = (fid_features(images), fid_features(prior_images)) if fid_features is not None else (f, f_prior)
     # for the sample-grid figure: the first GRID_SEEDS seeds of every prompt, the same in every run
     shown = [i for i, s in enumerate(seeds) if s - EVAL_SEED_OFFSET < GRID_SEEDS]
@@ -91,10 +92,10 @@ def evaluate_images(backend, cfg: TrainConfig, features, samples_per_prompt: int
         "sample_strip": png_base64(images[shown]),
         "sample_strip_prompts": [prompts[i] for i in shown],
         "reward_mean": reward(images, prompts).mean().item(),
-        "diversity": diversity(f, prompts),
+        "diversity": diversity(f, prompts, distance),
         **fid_to_prior(g, g_prior, prompts),
         "prior_reward_mean": reward(prior_images, prompts).mean().item(),
-        "prior_diversity": diversity(f_prior, prompts),
+        "prior_diversity": diversity(f_prior, prompts, distance),
         "num_samples": len(seeds),
     }
 
@@ -110,6 +111,8 @@ def evaluate_run(
     specs = [spec for spec in (features, fid_features) if spec]
     check_available([model for spec in specs for model in feature_models(spec)])
     diversity_net, fid_net = (build_features(spec) if spec else None for spec in (features, fid_features))
+    if fid_net is None and getattr(diversity_net, "distance", "cosine") != "cosine":
+        raise ValueError(f"{features} measures diversity only: name FID's features too (fid_features, e.g. inception)")
     backend, cfg = load_run(run_dir, prior_only)
     if cfg.scale == "toy2d":
         if beta is None:

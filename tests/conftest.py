@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-sys.path.insert(0, str(Path(__file__).parent / "reference"))  # open_clip_reference: shared with its test
+sys.path.insert(0, str(Path(__file__).parent / "reference"))  # the reference scripts' seeded weights
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +101,8 @@ def inception_stand_in(tmp_path_factory):
 def hps_stand_ins(tmp_path_factory):
     """An open_clip-format checkpoint of the reference's seeded weights, saved as HPSv2's is, and a
     base-model folder with its transformers config and a small CLIP tokenizer."""
-    from open_clip_reference import REFERENCE, TEXT, seeded_state, tiny_config
+    from open_clip_reference import REFERENCE, TEXT, tiny_config
+    from seeded import seeded_state
 
     from nabla.models.tokenizer import write_word_tokenizer
 

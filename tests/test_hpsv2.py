@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import CLIPModel
 
-from open_clip_reference import CLIP_MEAN, CLIP_STD, REFERENCE, TEXT, TOKENS, seeded_images, seeded_state, tiny_config
+from open_clip_reference import CLIP_MEAN, CLIP_STD, REFERENCE, TEXT, TOKENS, seeded_images, tiny_config
+from seeded import seeded_state
 
 from nabla.hub import MissingModelsError
 from nabla.models.open_clip import load_open_clip_checkpoint, open_clip_to_transformers

@@ -6,16 +6,24 @@ import numpy as np
 import pytest
 import torch
 
-from nabla.metrics.images import diversity, fid_to_prior, frechet_distance, mean_pairwise_cosine_distance
+from nabla.metrics.images import diversity, fid_to_prior, frechet_distance, mean_pairwise_distance
 
 
 def test_pairwise_cosine_distance_by_hand():
     f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     # pairs: orthogonal (1), and twice 45° (1 − 1/√2)
-    assert mean_pairwise_cosine_distance(f) == pytest.approx((1 + 2 * (1 - 1 / math.sqrt(2))) / 3)
-    assert mean_pairwise_cosine_distance(torch.ones(4, 3)) == pytest.approx(0.0, abs=1e-12)
+    assert mean_pairwise_distance(f) == pytest.approx((1 + 2 * (1 - 1 / math.sqrt(2))) / 3)
+    assert mean_pairwise_distance(torch.ones(4, 3)) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="at least two"):
-        mean_pairwise_cosine_distance(torch.ones(1, 3))
+        mean_pairwise_distance(torch.ones(1, 3))
+
+
+def test_pairwise_squared_euclidean_distance_by_hand():
+    f = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 1.0]])
+    # pairs: 25, 1, and 9 + 9 = 18
+    assert mean_pairwise_distance(f, "squared_euclidean") == pytest.approx((25 + 1 + 18) / 3)
+    with pytest.raises(ValueError, match="unknown distance 'l1'"):
+        mean_pairwise_distance(f, "l1")
 
 
 def test_diversity_averages_prompts_not_images():
@@ -71,7 +79,7 @@ def test_frequent_words_by_hand():
 def test_unknown_feature_extractor_is_named():
     from nabla.metrics.features import build_features
 
-    with pytest.raises(ValueError, match="unknown feature extractor 'dreamsim2'; known: emoji, clip, inception"):
+    with pytest.raises(ValueError, match="unknown feature extractor 'dreamsim2'; known: emoji, clip, lpips, inception"):
         build_features("dreamsim2")
     with pytest.raises(ValueError, match="emoji=DIR"):
         build_features("emoji")

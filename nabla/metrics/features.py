@@ -9,6 +9,9 @@ distance between feature sets (:mod:`nabla.metrics.images`). An extractor is nam
   model — other words (every frequent caption word, not the prompt words), other seed — so a
   fine-tuned model cannot score well on diversity or FID by exploiting its own reward model;
 - ``clip`` (sd15): CLIP ViT-L/14's normalised image embedding;
+- ``lpips`` (sd15, diversity only): LPIPS on AlexNet as a feature map whose squared Euclidean
+  distances are LPIPS (:mod:`nabla.metrics.lpips`); an extractor's ``distance`` attribute says
+  which distance diversity averages (cosine where it has none);
 - ``inception`` (sd15): the 2048-d pool features of the TensorFlow FID Inception-v3, the
   TorchScript port that StyleGAN2-ADA and clean-fid use, so FIDs compare with the literature's.
 
@@ -29,6 +32,7 @@ from torch import nn
 
 from nabla.data import openmoji
 from nabla.hub import HubModel, UrlModel, resolve
+from nabla.metrics.lpips import LpipsFeatures
 from nabla.models.clip import CLIP_L14, ClipImageEmbedding, clip_hub_model, load_clip
 from nabla.rewards.learned import load_emoji_classifier, train_emoji_classifier
 
@@ -113,7 +117,7 @@ class InceptionFeatures(nn.Module):
         return self.network(images.float().clamp(0, 1) * 255, return_features=True).flatten(1)
 
 
-FEATURES = {cls.name: cls for cls in (EmojiFeatures, ClipFeatures, InceptionFeatures)}
+FEATURES = {cls.name: cls for cls in (EmojiFeatures, ClipFeatures, LpipsFeatures, InceptionFeatures)}
 
 
 def _parse(spec: str) -> tuple[type, str | None]:

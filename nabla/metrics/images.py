@@ -1,10 +1,11 @@
 """Image-set metrics on feature vectors: diversity and Fréchet distance, per prompt and pooled.
 
 Every function takes features already extracted (``nabla.metrics.features``), so the same code
-serves the tiny scale's OpenMoji feature network and DreamSim / Inception at sd15.
+serves the tiny scale's OpenMoji feature network and CLIP / LPIPS / Inception at sd15.
 
-- diversity: mean pairwise cosine distance 1 − cos(f_i, f_j) over the K images of a prompt,
-  averaged over prompts (the paper's per-prompt diversity);
+- diversity: mean pairwise distance over the K images of a prompt, averaged over prompts (the
+  paper's per-prompt diversity): cosine 1 − cos(f_i, f_j), or squared Euclidean for LPIPS, whose
+  feature map makes it exactly ‖φ_i − φ_j‖² (:mod:`nabla.metrics.lpips`);
 - FID-to-prior: Fréchet distance between the fine-tuned model's and the prior's features,
   per prompt then averaged (the paper's definition), and once pooled over all prompts.
 """
@@ -16,14 +17,25 @@ from typing import Sequence
 import torch
 
 
-def mean_pairwise_cosine_distance(features: torch.Tensor) -> float:
-    """Mean of 1 − cos(f_i, f_j) over the K(K−1)/2 pairs i < j of a (K, D) set (K ≥ 2)."""
+#: distances between feature vectors that diversity can average
+DISTANCES = ("cosine", "squared_euclidean")
+
+
+def mean_pairwise_distance(features: torch.Tensor, distance: str = "cosine") -> float:
+    """Mean distance over the K(K−1)/2 pairs i < j of a (K, D) set (K ≥ 2): 1 − cos(f_i, f_j)
+    (``cosine``), or ‖f_i − f_j‖² (``squared_euclidean``: LPIPS in its feature map)."""
     if features.shape[0] < 2:
         raise ValueError("diversity needs at least two images")
-    unit = torch.nn.functional.normalize(features.double(), dim=1)
-    cosine = unit @ unit.T
-    i, j = torch.triu_indices(len(unit), len(unit), offset=1)
-    return float((1 - cosine[i, j]).mean())
+    if distance not in DISTANCES:
+        raise ValueError(f"unknown distance {distance!r}; known: {', '.join(DISTANCES)}")
+    f = features.double()
+    if distance == "cosine":
+        unit = torch.nn.functional.normalize(f, dim=1)
+        pairwise = 1 - unit @ unit.T
+    else:
+        pairwise = torch.cdist(f, f).square()
+    i, j = torch.triu_indices(len(f), len(f), offset=1)
+    return float(pairwise[i, j].mean())
 
 
 def _sqrtm_psd(matrix: torch.Tensor) -> torch.Tensor:
@@ -55,9 +67,9 @@ def _groups(prompts: Sequence[str]) -> dict[str, torch.Tensor]:
     return {p: torch.tensor([i for i, q in enumerate(prompts) if q == p]) for p in dict.fromkeys(prompts)}
 
 
-def diversity(features: torch.Tensor, prompts: Sequence[str]) -> float:
-    """Per-prompt mean pairwise cosine distance, averaged over prompts."""
-    values = [mean_pairwise_cosine_distance(features[idx]) for idx in _groups(prompts).values()]
+def diversity(features: torch.Tensor, prompts: Sequence[str], distance: str = "cosine") -> float:
+    """Per-prompt mean pairwise distance (cosine by default), averaged over prompts."""
+    values = [mean_pairwise_distance(features[idx], distance) for idx in _groups(prompts).values()]
     return float(sum(values) / len(values))
 
 

@@ -1,7 +1,7 @@
 """Reference outputs of open_clip itself for ``tests/test_hpsv2.py``, which checks the conversion of
 open_clip checkpoints (:mod:`nabla.models.open_clip`) against them without open_clip installed.
 
-A tiny open_clip ViT CLIP gets seeded weights (``seeded_state``, shared with the test) and encodes
+A tiny open_clip ViT CLIP gets seeded weights (``seeded.seeded_state``, shared with the test) and encodes
 seeded images and fixed token ids; its features and HPSv2-style scores go to
 ``open_clip_reference.json`` beside this file. Regenerate in an environment with open_clip (it needs
 torchvision): ``pip install open_clip_torch && python tests/reference/open_clip_reference.py``.
@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from seeded import seeded_state
+
 #: the tiny model, in open_clip's config terms (gelu, as ViT-H/14; 2 heads of width 8)
 VISION = dict(image_size=32, patch_size=8, width=16, layers=2, head_width=8, mlp_ratio=2.0)
 TEXT = dict(context_length=8, vocab_size=128, width=16, heads=2, layers=2)
@@ -25,14 +27,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 #: what main() wrote: the reference's key shapes and outputs
 OUTPUT = Path(__file__).with_name("open_clip_reference.json")
 REFERENCE = json.loads(OUTPUT.read_text()) if OUTPUT.exists() else None
-
-
-def seeded_state(shapes: dict[str, list[int]]) -> dict[str, torch.Tensor]:
-    """Weights that any torch version regenerates: tensor i is 0.3 × N(0, 1) from seed 1000 + i."""
-    return {
-        key: 0.3 * torch.randn(shape, generator=torch.Generator().manual_seed(1000 + i))
-        for i, (key, shape) in enumerate(shapes.items())
-    }
 
 
 def seeded_images() -> torch.Tensor:
