@@ -112,3 +112,21 @@ def hps_stand_ins(tmp_path_factory):
     tiny_config(tokenizer.eos_token_id, tokenizer.bos_token_id).save_pretrained(folder / "base")
     torch.save({"state_dict": {k: v.half() for k, v in seeded_state(REFERENCE["shapes"]).items()}}, folder / "hps.pt")
     return {"checkpoint_repo": str(folder), "checkpoint_file": "hps.pt", "base_model": str(folder / "base")}
+
+
+@pytest.fixture(scope="session")
+def imagereward_stand_ins(tmp_path_factory):
+    """ImageReward options pointing at a folder with the reference's tiny seeded model saved as the
+    release's two files, and a bert-style vocabulary folder (the real tokenizer class)."""
+    import json
+
+    from imagereward_reference import REFERENCE
+    from seeded import seeded_state
+
+    folder = tmp_path_factory.mktemp("imagereward")
+    torch.save(seeded_state(REFERENCE["shapes"]), folder / "ImageReward.pt")
+    (folder / "med_config.json").write_text(json.dumps(REFERENCE["med_config"]))
+    (folder / "bert").mkdir()
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "cat", "heart", "dog"]
+    (folder / "bert" / "vocab.txt").write_text("\n".join(words) + "\n")
+    return {"repo": str(folder), "tokenizer": str(folder / "bert"), "vision": REFERENCE["vision"]}

@@ -39,9 +39,10 @@ def model_dir(tmp_path_factory, openmoji_cache) -> Path:
 
 
 @pytest.fixture()
-def make_reward(model_dir, aesthetic_stand_ins, hps_stand_ins):
+def make_reward(model_dir, aesthetic_stand_ins, hps_stand_ins, imagereward_stand_ins):
     """Build any registered reward, with small stand-ins for those that load models."""
-    options = {"emoji_class": {"model_dir": model_dir}, "aesthetic": aesthetic_stand_ins, "hpsv2": hps_stand_ins}
+    options = {"emoji_class": {"model_dir": model_dir}, "aesthetic": aesthetic_stand_ins, "hpsv2": hps_stand_ins,
+               "imagereward": imagereward_stand_ins}
     return lambda name: build_reward(name, **options.get(name, {}))
 
 

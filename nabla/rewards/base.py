@@ -31,6 +31,13 @@ class Reward(nn.Module):
         """The pretrained models (:class:`nabla.hub.HubModel`) the reward loads with these options."""
         return []
 
+    def require_prompts(self, samples: torch.Tensor, prompts: Sequence[str] | None) -> list[str]:
+        """The prompts, one per sample, for rewards that score an image against its prompt."""
+        if prompts is None or len(prompts) != len(samples):
+            raise ValueError(f"{self.name} scores each image against its prompt: got {len(samples)} images and "
+                             f"{'no' if prompts is None else len(prompts)} prompts")
+        return list(prompts)
+
     def freeze(self) -> "Reward":
         """No parameter trains and the module is in eval mode (returns self)."""
         self.requires_grad_(False)

@@ -53,7 +53,5 @@ class HPSv2(Reward):
         ]
 
     def forward(self, samples: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor:
-        if prompts is None or len(prompts) != len(samples):
-            raise ValueError(f"hpsv2 scores each image against its prompt: got {len(samples)} images and "
-                             f"{'no' if prompts is None else len(prompts)} prompts")
+        prompts = self.require_prompts(samples, prompts)
         return (self.image(samples) * self.text(prompts)).sum(dim=-1)
