@@ -79,7 +79,7 @@ def test_frequent_words_by_hand():
 def test_unknown_feature_extractor_is_named():
     from nabla.metrics.features import build_features
 
-    with pytest.raises(ValueError, match="unknown feature extractor 'dreamsim2'; known: emoji, clip, lpips, inception"):
+    with pytest.raises(ValueError, match="unknown feature extractor 'dreamsim2'; known: emoji, clip, dreamsim, lpips, inception"):
         build_features("dreamsim2")
     with pytest.raises(ValueError, match="emoji=DIR"):
         build_features("emoji")

@@ -128,7 +128,7 @@ def test_sd15_slurm_dry_run_asks_a_gpu_per_training_job_and_checks_models_first(
     train = out.split("rule train:")[1].split("rule ")[0]
     assert "gpu=1" in train and "runtime=720" in train and "slurm_partition=gpu" in train
     evaluate = out.split("rule evaluate:")[1].split("rule ")[0]
-    assert "gpu=1" in evaluate and "--features clip --fid-features inception" in evaluate
+    assert "gpu=1" in evaluate and "--features dreamsim --fid-features inception" in evaluate
 
 
 IMAGE_FIGURES = " ".join(f"results/{{scale}}/figures/{k}_colorfulness.{e}" for k in

@@ -8,6 +8,8 @@ distance between feature sets (:mod:`nabla.metrics.images`). An extractor is nam
   (``python -m nabla train-features``): the same CNN family as the learned reward, but a separate
   model — other words (every frequent caption word, not the prompt words), other seed — so a
   fine-tuned model cannot score well on diversity or FID by exploiting its own reward model;
+- ``dreamsim`` (sd15, the paper's diversity): DreamSim's ensemble embedding, whose cosine
+  distance is DreamSim's distance (:mod:`nabla.models.dreamsim`);
 - ``clip`` (sd15): CLIP ViT-L/14's normalised image embedding;
 - ``lpips`` (sd15, diversity only): LPIPS on AlexNet as a feature map whose squared Euclidean
   distances are LPIPS (:mod:`nabla.metrics.lpips`); an extractor's ``distance`` attribute says
@@ -31,8 +33,9 @@ import torch
 from torch import nn
 
 from nabla.data import openmoji
-from nabla.hub import HubModel, UrlModel, resolve
+from nabla.hub import HubModel, UrlModel, check_available, resolve
 from nabla.metrics.lpips import LpipsFeatures
+from nabla.models.dreamsim import DINO_VITB16, RELEASES, load_dreamsim
 from nabla.models.clip import CLIP_L14, ClipImageEmbedding, clip_hub_model, load_clip
 from nabla.rewards.learned import load_emoji_classifier, train_emoji_classifier
 
@@ -117,7 +120,31 @@ class InceptionFeatures(nn.Module):
         return self.network(images.float().clamp(0, 1) * 255, return_features=True).flatten(1)
 
 
-FEATURES = {cls.name: cls for cls in (EmojiFeatures, ClipFeatures, LpipsFeatures, InceptionFeatures)}
+class DreamSimFeatures(nn.Module):
+    """DreamSim's ensemble embedding (1792-d, centred, unit norm), so that diversity's cosine
+    distance is DreamSim's distance; ``dreamsim=DIR``: a folder holding the release zip and DINO's
+    file under their published names."""
+
+    name = "dreamsim"
+
+    def __init__(self, model: str | None = None):
+        super().__init__()
+        release, dino = check_available(self.required_models(model)).values()
+        self.embedding = load_dreamsim(release, dino).requires_grad_(False)
+
+    @staticmethod
+    def required_models(model: str | None = None) -> list:
+        files = [RELEASES["ensemble"], DINO_VITB16]
+        if model is None:
+            return files
+        return [HubModel(model, f.url.rsplit("/", 1)[-1], purpose=f.purpose) for f in files]
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embedding(images)
+
+
+FEATURES = {cls.name: cls for cls in (EmojiFeatures, ClipFeatures, DreamSimFeatures, LpipsFeatures, InceptionFeatures)}
 
 
 def _parse(spec: str) -> tuple[type, str | None]:

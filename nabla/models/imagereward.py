@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nabla.models.checkpoints import unplaced_keys_error
 from nabla.models.clip import CLIP_MEAN, CLIP_STD
 
 #: the reward's normalisation, ``(reward - MEAN) / STD`` (ImageReward.py, ImageReward.__init__)
@@ -154,10 +155,7 @@ def imagereward_to_transformers(state: Mapping[str, torch.Tensor]) -> dict[str, 
         else:
             unknown.append(key)
     if unknown:
-        raise ValueError(
-            f"{len(unknown)} key(s) of the ImageReward checkpoint have no place in the transformers BLIP port: "
-            f"{', '.join(unknown[:8])}{' …' if len(unknown) > 8 else ''}"
-        )
+        raise unplaced_keys_error(unknown, "the ImageReward checkpoint", "the transformers BLIP port")
     return converted
 
 

@@ -16,6 +16,8 @@ from typing import Mapping
 
 import torch
 
+from nabla.models.checkpoints import unplaced_keys_error
+
 #: one-to-one renames, open_clip → transformers
 RENAMES = {
     "visual.class_embedding": "vision_model.embeddings.class_embedding",
@@ -76,10 +78,7 @@ def open_clip_to_transformers(state: Mapping[str, torch.Tensor]) -> dict[str, to
         else:
             unknown.append(key)
     if unknown:
-        raise ValueError(
-            f"{len(unknown)} key(s) of the open_clip checkpoint have no place in a transformers CLIPModel: "
-            f"{', '.join(unknown[:8])}{' …' if len(unknown) > 8 else ''}"
-        )
+        raise unplaced_keys_error(unknown, "the open_clip checkpoint", "a transformers CLIPModel")
     return converted
 
 
