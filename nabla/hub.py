@@ -41,10 +41,12 @@ class HubModel:
 @dataclass(frozen=True)
 class UrlModel:
     """One file published at a URL rather than on the Hub (e.g. the FID Inception network); kept
-    as ``HF_HOME/nabla/<file name>``, so that copying the Hugging Face cache carries it too."""
+    as ``HF_HOME/nabla/<file name>``, so that copying the Hugging Face cache carries it too. The
+    name is the URL's last part unless ``filename`` gives one (a URL ending in a query)."""
 
     url: str
     purpose: str = field(default="", compare=False)
+    filename: str | None = None
 
     def __str__(self) -> str:
         return f"{self.url} ({self.purpose})" if self.purpose else self.url
@@ -53,7 +55,7 @@ class UrlModel:
     def cache_path(self) -> Path:
         from huggingface_hub import constants
 
-        return Path(constants.HF_HOME) / "nabla" / self.url.rsplit("/", 1)[-1]
+        return Path(constants.HF_HOME) / "nabla" / (self.filename or self.url.rsplit("/", 1)[-1])
 
 
 class MissingModelsError(FileNotFoundError):

@@ -55,12 +55,14 @@ def test_sd15_run_stops_before_loading_anything_when_models_are_missing(tmp_path
 
 def test_fetch_models_check_lists_what_the_sd15_config_needs():
     models = config_models(ROOT / "config" / "sd15.yaml")
-    # HPSv2's training and held-out prompts come from the same two files: listed once
+    # a reward's training and held-out prompts come from the same files: listed once
     assert [str(m).split(" (")[0] for m in models] == [
         "stable-diffusion-v1-5/stable-diffusion-v1-5", "openai/clip-vit-large-patch14",
         "trl-lib/ddpo-aesthetic-predictor/aesthetic-model.pth",
         "datasets/zhwang/HPDv2/benchmark/photo.json", "datasets/zhwang/HPDv2/benchmark/paintings.json",
         "xswu/HPSv2/HPS_v2.1_compressed.pt", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+        "https://docs.google.com/spreadsheets/d/1y7nAbmR4FREi6npB1u-Bo3GFdwdOPYJc617rBOxIRHY/gviz/tq?tqx=out:csv&sheet=Sheet1",
+        "THUDM/ImageReward/ImageReward.pt", "THUDM/ImageReward/med_config.json", "google-bert/bert-base-uncased",
         RELEASES["ensemble"].url, DINO_VITB16.url, INCEPTION.url,
     ]
     only_aesthetic = config_models(ROOT / "config" / "train" / "sd15.yaml", rewards=["aesthetic"])
@@ -88,7 +90,7 @@ def test_fetch_models_check_is_offline_and_exits_with_the_list(tmp_path):
     result = subprocess.run([sys.executable, "-m", "nabla", "fetch-models", "--check", "--config", "config/sd15.yaml"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
-    assert "10 model(s) are not on this machine" in result.stderr
+    assert "14 model(s) are not on this machine" in result.stderr
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in result.stderr
 
 

@@ -22,7 +22,7 @@ def dataset(tmp_path):
 
 
 def test_prompt_files_are_json_lists_or_lines(dataset, tmp_path):
-    assert read_prompt_file(dataset / "benchmark/paintings.txt") == ["painting 0", "painting 1", "painting 2"]
+    assert read_prompt_file(dataset / "benchmark/paintings.txt") == [(None, "painting 0"), (None, "painting 1"), (None, "painting 2")]
     (tmp_path / "bad.json").write_text(json.dumps({"prompts": ["a"]}))
     with pytest.raises(ValueError, match="not a JSON list of prompt strings"):
         read_prompt_file(tmp_path / "bad.json")
@@ -30,18 +30,47 @@ def test_prompt_files_are_json_lists_or_lines(dataset, tmp_path):
 
 def test_a_prompt_set_slices_each_file_then_concatenates(dataset):
     files = ("benchmark/photo.json", "benchmark/paintings.txt")
-    assert PromptSet(str(dataset), files, start=3).load() == ("photo 3", "photo 4")
-    assert PromptSet(str(dataset), files, stop=1).load() == ("photo 0", "painting 0")
+    assert PromptSet(files, dataset=str(dataset), start=3).load() == ("photo 3", "photo 4")
+    assert PromptSet(files, dataset=str(dataset), stop=1).load() == ("photo 0", "painting 0")
     with pytest.raises(ValueError, match="holds no prompts"):
-        PromptSet(str(dataset), files, start=9).load()
+        PromptSet(files, dataset=str(dataset), start=9).load()
     with pytest.raises(ValueError, match=r"a prompt set is \{dataset"):
         PromptSet.from_config({"dataset": str(dataset), "file": "benchmark/photo.json"})
+
+
+DRAWBENCH_LIKE = """Prompts,Category,Note
+A red cube.,Colors,
+A blue ball.,Colors,
+A green hat.,Colors,
+Tw0 cats.,Misspellings,
+Three dogs.,Counting,
+Four birds.,Counting,
+A cat left of a dog.,Gary Marcus et al. ,
+"Five, no six cars.",Counting,
+"""
+
+
+def test_a_csv_prompt_set_from_a_url_is_sliced_per_category(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path))
+    config = {"url": "https://example.org/sheet/export?format=csv", "file": "bench.csv", "column": "Prompts",
+              "group_by": "Category", "exclude": ["Misspellings"]}
+    train, held_out = PromptSet.from_config({**config, "start": 1}), PromptSet.from_config({**config, "stop": 1})
+    with pytest.raises(MissingModelsError, match=r"https://example\.org/sheet/export\?format=csv \(prompt set\)"):
+        train.load()
+    (tmp_path / "nabla").mkdir()
+    (tmp_path / "nabla" / "bench.csv").write_text(DRAWBENCH_LIKE)
+    assert train.load() == ("A blue ball.", "A green hat.", "Four birds.", "Five, no six cars.")
+    assert held_out.load() == ("A red cube.", "Three dogs.", "A cat left of a dog.")
+    with pytest.raises(ValueError, match="needs its prompts' column.*columns: Prompts, Category, Note"):
+        PromptSet.from_config({**config, "column": "prompt"}).load()
 
 
 def test_a_missing_prompt_file_is_named_with_the_dataset(tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(MissingModelsError, match=r"datasets/nabla-test/absent/p\.json \(prompt set\)"):
-        PromptSet("nabla-test/absent", ("p.json",)).load()
+        PromptSet(("p.json",), dataset="nabla-test/absent").load()
 
 
 def test_per_reward_settings_apply_to_that_reward_only(dataset, tmp_path):

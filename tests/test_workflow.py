@@ -111,7 +111,7 @@ def test_sd15_config_validates_and_runs_only_the_sd15_scale():
     config = default_config()
     config.update(yaml.safe_load((ROOT / "config" / "sd15.yaml").read_text()))  # as --configfile merges
     validate(config, SCHEMA)
-    assert config["scales"] == ["sd15"] and config["sd15"]["rewards"] == ["aesthetic", "hpsv2"]
+    assert config["scales"] == ["sd15"] and config["sd15"]["rewards"] == ["aesthetic", "hpsv2", "imagereward"]
     train = yaml.safe_load((ROOT / config["sd15"]["train_config"]).read_text())
     assert train["sampler"] == {"num_steps": 50, "eta": 1.0, "guidance_scale": 5.0} and train["lora_rank"] == 8
     assert set(train["methods"]) == set(available_methods())
@@ -121,10 +121,10 @@ def test_sd15_config_validates_and_runs_only_the_sd15_scale():
 def test_sd15_slurm_dry_run_asks_a_gpu_per_training_job_and_checks_models_first():
     out = dry_run("--profile", "profiles/slurm", "--configfile", "config/sd15.yaml")
     jobs = dict(line.split() for line in out.split("Job stats:")[1].split("total")[0].splitlines()[3:] if line.strip())
-    # 2 rewards x 7 methods x 3 seeds, the prior's row per reward and seed; one table and one
+    # 3 rewards x 7 methods x 3 seeds, the prior's row per reward and seed; one table and one
     # curves job, one figures job per reward
-    assert jobs == {"check_sd15_models": "1", "train": "42", "evaluate": "42", "evaluate_prior": "6", "curves": "1",
-                    "image_tables": "1", "image_figures": "2", "all": "1"}
+    assert jobs == {"check_sd15_models": "1", "train": "63", "evaluate": "63", "evaluate_prior": "9", "curves": "1",
+                    "image_tables": "1", "image_figures": "3", "all": "1"}
     train = out.split("rule train:")[1].split("rule ")[0]
     assert "gpu=1" in train and "runtime=720" in train and "slurm_partition=gpu" in train
     evaluate = out.split("rule evaluate:")[1].split("rule ")[0]
