@@ -1,5 +1,6 @@
 """Shared fixtures: small models built in seconds, never downloaded."""
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -9,6 +10,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 sys.path.insert(0, str(Path(__file__).parent / "reference"))  # the reference scripts' seeded weights
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one process per core (pytest -n): one thread each
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
