@@ -15,7 +15,6 @@ both files under their published names. torchvision itself is not needed.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from torch import nn

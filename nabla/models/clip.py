@@ -22,12 +22,26 @@ CLIP_FILES = ("*.json", "*.txt", "model.safetensors")
 CLIP_L14 = "openai/clip-vit-large-patch14"
 
 
+def resize_bicubic(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Antialiased bicubic resize to ``size`` (an int: square), differentiable; the identity at the
+    same size. Antialiased, as PIL's and torchvision's resize that the reward and metric networks
+    here were trained and released with: downsampling 512 → 224 without it aliases."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(images.shape[-2:]) == size:
+        return images
+    return F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=True)
+
+
+def clip_normalize(images: torch.Tensor) -> torch.Tensor:
+    """CLIP's channel normalisation of images in [0, 1]."""
+    mean = torch.tensor(CLIP_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
 def clip_preprocess(images: torch.Tensor, size: int = 224) -> torch.Tensor:
-    """Images in [0, 1] → CLIP's input: bicubic resize to size×size, channel-normalised (differentiable)."""
-    x = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False)
-    mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
+    """Images in [0, 1] → CLIP's input: resized to size×size, channel-normalised (differentiable)."""
+    return clip_normalize(resize_bicubic(images, size))
 
 
 def clip_hub_model(repo: str = CLIP_L14, purpose: str = "CLIP ViT-L/14 image encoder") -> HubModel:

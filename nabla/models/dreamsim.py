@@ -40,12 +40,11 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nabla.hub import UrlModel
 from nabla.models.checkpoints import unplaced_keys_error
-from nabla.models.clip import CLIP_MEAN, CLIP_STD
+from nabla.models.clip import CLIP_MEAN, CLIP_STD, resize_bicubic
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -242,14 +241,6 @@ def merge_lora(state: Mapping[str, torch.Tensor], lora: Mapping[str, tuple[torch
 
 
 # -- the embedding -------------------------------------------------------------------------------
-def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """To size×size, aspect not kept, as the release's Resize((s, s), BICUBIC): antialiased
-    bicubic is torchvision's resize of tensors and, up to 8-bit rounding, PIL's."""
-    if images.shape[-2:] == (size, size):
-        return images
-    return F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-
-
 class DreamSimEmbedding(nn.Module):
     """DreamSim's embedding (``model.embed``, normalize_embeds=True): images (B, 3, H, W) in [0, 1]
     → (B, D) centred, unit-norm, float32; distance = 1 − cos. ``branches``: names in BRANCHES,
@@ -287,7 +278,8 @@ class DreamSimEmbedding(nn.Module):
         return features
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        embedding = torch.cat(self.branch_features(resize(images.float(), self.image_size)), dim=-1)
+        # the release's Resize((224, 224), BICUBIC): square, aspect not kept
+        embedding = torch.cat(self.branch_features(resize_bicubic(images.float(), self.image_size)), dim=-1)
         embedding = embedding - embedding.mean(dim=-1, keepdim=True)
         return embedding / embedding.norm(dim=-1, keepdim=True)
 

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nabla.models.checkpoints import unplaced_keys_error
-from nabla.models.clip import CLIP_MEAN, CLIP_STD
+from nabla.models.clip import clip_normalize, resize_bicubic
 
 #: the reward's normalisation, ``(reward - MEAN) / STD`` (ImageReward.py, ImageReward.__init__)
 REWARD_MEAN = 0.16717362830052426
@@ -160,26 +159,21 @@ def imagereward_to_transformers(state: Mapping[str, torch.Tensor]) -> dict[str, 
 
 
 # -- the scorer ---------------------------------------------------------------------------------
-def preprocess(images: torch.Tensor, size: int = 224, antialias: bool = True) -> torch.Tensor:
+def preprocess(images: torch.Tensor, size: int = 224) -> torch.Tensor:
     """Images in [0, 1] → the ViT's input, differentiably, as the release's transform: bicubic
     resize of the shorter side to ``size`` (torchvision's rounding), centre crop, CLIP's mean/std.
-
-    ``antialias=True`` matches torchvision ≥ 0.17 on tensors (ReFL's path) and, up to 8-bit
-    rounding, PIL's bicubic resize in ``ImageReward.score``.
-    """
+    The antialiased resize matches torchvision ≥ 0.17 on tensors (ReFL's path) and, up to 8-bit
+    rounding, PIL's in ``ImageReward.score``."""
     h, w = images.shape[-2:]
     if (h, w) != (size, size):
         short, long = (h, w) if h <= w else (w, h)
         new_long = int(size * long / short)  # torchvision truncates
         new_hw = (size, new_long) if h <= w else (new_long, size)
-        if new_hw != (h, w):
-            images = F.interpolate(images, size=new_hw, mode="bicubic", align_corners=False, antialias=antialias)
+        images = resize_bicubic(images, new_hw)
         top = int(round((new_hw[0] - size) / 2.0))
         left = int(round((new_hw[1] - size) / 2.0))
         images = images[..., top:top + size, left:left + size]
-    mean = torch.tensor(CLIP_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    return (images - mean) / std
+    return clip_normalize(images)
 
 
 def tokenize(tokenizer, prompts: Sequence[str], max_length: int = MAX_LENGTH) -> tuple[torch.Tensor, torch.Tensor]:
