@@ -52,10 +52,18 @@ class UrlModel:
         return f"{self.url} ({self.purpose})" if self.purpose else self.url
 
     @property
+    def name(self) -> str:
+        return self.filename or self.url.rsplit("/", 1)[-1]
+
+    @property
     def cache_path(self) -> Path:
         from huggingface_hub import constants
 
-        return Path(constants.HF_HOME) / "nabla" / (self.filename or self.url.rsplit("/", 1)[-1])
+        return Path(constants.HF_HOME) / "nabla" / self.name
+
+    def in_folder(self, folder: str) -> HubModel:
+        """The same file under its published name in a local folder (``NAME=DIR`` specs)."""
+        return HubModel(folder, self.name, purpose=self.purpose)
 
 
 class MissingModelsError(FileNotFoundError):

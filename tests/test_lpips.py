@@ -25,8 +25,8 @@ def lpips_dir(tmp_path_factory):
     state = seeded_lpips_state(REFERENCE["shapes"])
     trunk = {re.sub(r"^net\.slice\d\.", "features.", k): v for k, v in state.items() if k.startswith("net.")}
     trunk["classifier.1.weight"] = torch.zeros(4096, 9216)[:2]  # present in torchvision's file, unused here
-    torch.save(trunk, folder / ALEXNET.url.rsplit("/", 1)[-1])
-    torch.save({k: v for k, v in state.items() if k.startswith("lin")}, folder / HEADS.url.rsplit("/", 1)[-1])
+    torch.save(trunk, folder / ALEXNET.name)
+    torch.save({k: v for k, v in state.items() if k.startswith("lin")}, folder / HEADS.name)
     return folder
 
 
@@ -46,8 +46,8 @@ def test_lpips_diversity_is_the_mean_pairwise_lpips(lpips_dir):
 
 
 def test_negative_heads_are_refused(lpips_dir, tmp_path):
-    for name in (ALEXNET, HEADS):
-        (tmp_path / name.url.rsplit("/", 1)[-1]).write_bytes((lpips_dir / name.url.rsplit("/", 1)[-1]).read_bytes())
+    for weights in (ALEXNET, HEADS):
+        (tmp_path / weights.name).write_bytes((lpips_dir / weights.name).read_bytes())
     heads = torch.load(tmp_path / "alex.pth")
     heads["lin2.model.1.weight"][0, 0] = -1.0
     torch.save(heads, tmp_path / "alex.pth")

@@ -35,8 +35,8 @@ from torch import nn
 from nabla.data import openmoji
 from nabla.hub import HubModel, UrlModel, check_available, resolve
 from nabla.metrics.lpips import LpipsFeatures
-from nabla.models.dreamsim import DINO_VITB16, RELEASES, load_dreamsim
 from nabla.models.clip import CLIP_L14, ClipImageEmbedding, clip_hub_model, load_clip
+from nabla.models.dreamsim import DINO_VITB16, RELEASES, load_dreamsim
 from nabla.rewards.learned import load_emoji_classifier, train_emoji_classifier
 
 INCEPTION = UrlModel(
@@ -135,9 +135,7 @@ class DreamSimFeatures(nn.Module):
     @staticmethod
     def required_models(model: str | None = None) -> list:
         files = [RELEASES["ensemble"], DINO_VITB16]
-        if model is None:
-            return files
-        return [HubModel(model, f.url.rsplit("/", 1)[-1], purpose=f.purpose) for f in files]
+        return files if model is None else [f.in_folder(model) for f in files]
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nabla.hub import HubModel, UrlModel, check_available
+from nabla.hub import UrlModel, check_available
 
 ALEXNET = UrlModel("https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
                    purpose="LPIPS trunk: torchvision's ImageNet AlexNet")
@@ -68,9 +68,7 @@ class LpipsFeatures(nn.Module):
 
     @staticmethod
     def required_models(model: str | None = None) -> list:
-        if model is None:
-            return [ALEXNET, HEADS]
-        return [HubModel(model, url.url.rsplit("/", 1)[-1], purpose=url.purpose) for url in (ALEXNET, HEADS)]
+        return [ALEXNET, HEADS] if model is None else [f.in_folder(model) for f in (ALEXNET, HEADS)]
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
