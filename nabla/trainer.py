@@ -157,8 +157,8 @@ def config_models(path: str | Path, features: Iterable[str] = (), rewards: Itera
         evaluations = [raw[s].get("evaluation") or {} for s in scales if isinstance(raw.get(s), dict)]
         features += [e[key] for e in evaluations for key in ("features", "fid_features") if key in e]
     models = []
-    for train_config, rewards in runs:
-        for reward in rewards:
+    for train_config, run_rewards in runs:
+        for reward in run_rewards:
             settings = run_settings(train_config, TrainConfig.method, reward, 0)
             prompt_sets = {key: parse_prompts(settings.get(key)) for key in PROMPT_KEYS}
             models += [m for s in prompt_sets.values() if s is not None for m in s.required_models()]
