@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior", action="store_true", help="evaluate the pretrained prior (adapter off) instead")
     p.add_argument("--beta", type=float, help="toy2d: β of the exact target p#·exp(βr)")
     p.add_argument("--features", help="images: the feature extractor of diversity (and of FID unless --fid-features),"
-                   " NAME or NAME=MODEL: emoji=DIR (tiny, the train-features folder), clip, inception")
+                   " NAME or NAME=MODEL: emoji=DIR (tiny, the train-features folder); dreamsim, clip, lpips, inception (sd15)")
     p.add_argument("--fid-features", help="images: the feature extractor of FID-to-prior (sd15: inception)")
     p.add_argument("--samples", type=int, default=4000, help="toy2d: samples; tiny: images per held-out prompt")
     p.add_argument("--threads", type=int)

@@ -121,7 +121,7 @@ def evaluate_run(
     else:
         if diversity_net is None:
             raise ValueError(f"{cfg.scale} evaluation needs feature extractors: tiny emoji=DIR (train-features), "
-                             "sd15 clip, with fid_features inception")
+                             "sd15 dreamsim, clip or lpips, with fid_features inception")
         measured = evaluate_images(backend, cfg, diversity_net.to(backend.device), num_samples,
                                    fid_net.to(backend.device) if fid_net is not None else None)
     metrics = {

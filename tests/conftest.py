@@ -15,6 +15,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # one process per core (pytest -n): o
     torch.set_num_threads(1)
 
 
+@pytest.fixture()
+def empty_hf_home(tmp_path, monkeypatch):
+    """An empty Hugging Face home, offline: the hub cache and HF_HOME/nabla (URL models) both under
+    ``tmp_path``, which it returns; for the missing-model messages."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def random_sd_dir(tmp_path_factory):
     """A tiny SD-shaped pipeline with random weights, saved in diffusers format."""

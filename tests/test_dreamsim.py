@@ -196,11 +196,10 @@ def test_release_files_load_into_an_uninitialised_embedding(tmp_path, packed):
         load_dreamsim(release, None, variant)
 
 
-def test_feature_extractor_names_the_release_files(tmp_path, monkeypatch):
+def test_feature_extractor_names_the_release_files(empty_hf_home):
     assert DreamSimFeatures.required_models() == [RELEASES["ensemble"], DINO_VITB16]
     assert DreamSimFeatures.required_models("/models/dreamsim") == [
         HubModel("/models/dreamsim", "dreamsim_ensemble_checkpoint.zip"), HubModel("/models/dreamsim", "dino_vitbase16_pretrain.pth")]
-    monkeypatch.setattr("huggingface_hub.constants.HF_HOME", str(tmp_path))
     with pytest.raises(MissingModelsError) as error:
         DreamSimFeatures()
     message = str(error.value)

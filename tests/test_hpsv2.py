@@ -76,9 +76,7 @@ def test_hps_reward_needs_one_prompt_per_image(hps_stand_ins):
         reward(seeded_images(), None)
 
 
-def test_missing_hps_models_are_named_offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+def test_missing_hps_models_are_named_offline(empty_hf_home):
     with pytest.raises(MissingModelsError) as error:
         build_reward("hpsv2")
     message = str(error.value)

@@ -72,16 +72,13 @@ def test_fetch_models_check_lists_what_the_sd15_config_needs():
     assert config_models(ROOT / "config" / "train" / "tiny.yaml", ["inception"]) == [INCEPTION]
 
 
-def test_a_url_model_is_looked_up_under_hf_home_and_named_when_missing(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path))
+def test_a_url_model_is_looked_up_under_hf_home_and_named_when_missing(empty_hf_home):
     with pytest.raises(MissingModelsError) as error:
         check_available([INCEPTION], "config/sd15.yaml")
     assert f"{INCEPTION.url} (FID features" in str(error.value) and "1 model(s)" in str(error.value)
     INCEPTION.cache_path.parent.mkdir(parents=True)
     INCEPTION.cache_path.write_bytes(b"x")
-    assert INCEPTION.cache_path == tmp_path / "nabla" / "inception-2015-12-05.pt"
+    assert INCEPTION.cache_path == empty_hf_home / "nabla" / "inception-2015-12-05.pt"
     assert check_available([INCEPTION]) == {INCEPTION: INCEPTION.cache_path}
 
 

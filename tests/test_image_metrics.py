@@ -127,26 +127,20 @@ def test_inception_features_feed_the_network_images_in_0_255(inception_stand_in)
     torch.testing.assert_close(features, want)
 
 
-def test_sd15_feature_models_missing_offline_are_named(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
+def test_sd15_feature_models_missing_offline_are_named(empty_hf_home):
     from nabla.hub import MissingModelsError
     from nabla.metrics.features import build_features
 
-    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path))
     with pytest.raises(MissingModelsError, match="inception-2015-12-05.pt \\(FID features"):
         build_features("inception")
     with pytest.raises(MissingModelsError, match="nabla-test/no-clip \\(image metrics: CLIP"):
         build_features("clip=nabla-test/no-clip")
 
 
-def test_evaluation_names_every_missing_feature_model_before_loading_the_run(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
+def test_evaluation_names_every_missing_feature_model_before_loading_the_run(empty_hf_home):
     from nabla.evaluation import evaluate_run
     from nabla.hub import MissingModelsError
 
-    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path))
     with pytest.raises(MissingModelsError, match="2 model") as error:  # not the absent run folder's error
-        evaluate_run(tmp_path / "no-run", tmp_path / "m.json", features="clip=nabla-test/no-clip", fid_features="inception")
+        evaluate_run(empty_hf_home / "no-run", empty_hf_home / "m.json", features="clip=nabla-test/no-clip", fid_features="inception")
     assert "nabla-test/no-clip" in str(error.value) and "inception-2015-12-05.pt" in str(error.value)

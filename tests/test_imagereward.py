@@ -137,9 +137,7 @@ def test_the_reward_tokenizes_each_prompt_and_scores_its_image(imagereward_stand
         reward(seeded_large_images(), ["cat"])
 
 
-def test_missing_imagereward_files_are_named_offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+def test_missing_imagereward_files_are_named_offline(empty_hf_home):
     with pytest.raises(MissingModelsError) as error:
         build_reward("imagereward")
     message = str(error.value)

@@ -55,10 +55,7 @@ def test_negative_heads_are_refused(lpips_dir, tmp_path):
         LpipsFeatures(str(tmp_path))
 
 
-def test_lpips_weights_are_named_when_missing(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path))
+def test_lpips_weights_are_named_when_missing(empty_hf_home):
     assert feature_models("lpips") == [ALEXNET, HEADS]
     with pytest.raises(MissingModelsError) as error:
         build_features("lpips")

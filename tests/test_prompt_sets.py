@@ -50,25 +50,21 @@ A cat left of a dog.,Gary Marcus et al. ,
 """
 
 
-def test_a_csv_prompt_set_from_a_url_is_sliced_per_category(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path))
+def test_a_csv_prompt_set_from_a_url_is_sliced_per_category(empty_hf_home):
     config = {"url": "https://example.org/sheet/export?format=csv", "file": "bench.csv", "column": "Prompts",
               "group_by": "Category", "exclude": ["Misspellings"]}
     train, held_out = PromptSet.from_config({**config, "start": 1}), PromptSet.from_config({**config, "stop": 1})
     with pytest.raises(MissingModelsError, match=r"https://example\.org/sheet/export\?format=csv \(prompt set\)"):
         train.load()
-    (tmp_path / "nabla").mkdir()
-    (tmp_path / "nabla" / "bench.csv").write_text(DRAWBENCH_LIKE)
+    (empty_hf_home / "nabla").mkdir()
+    (empty_hf_home / "nabla" / "bench.csv").write_text(DRAWBENCH_LIKE)
     assert train.load() == ("A blue ball.", "A green hat.", "Four birds.", "Five, no six cars.")
     assert held_out.load() == ("A red cube.", "Three dogs.", "A cat left of a dog.")
     with pytest.raises(ValueError, match="needs its prompts' column.*columns: Prompts, Category, Note"):
         PromptSet.from_config({**config, "column": "prompt"}).load()
 
 
-def test_a_missing_prompt_file_is_named_with_the_dataset(tmp_path, monkeypatch):
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+def test_a_missing_prompt_file_is_named_with_the_dataset(empty_hf_home):
     with pytest.raises(MissingModelsError, match=r"datasets/nabla-test/absent/p\.json \(prompt set\)"):
         PromptSet(("p.json",), dataset="nabla-test/absent").load()
 

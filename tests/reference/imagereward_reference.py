@@ -39,15 +39,6 @@ REFERENCE = json.loads(OUTPUT.read_text()) if OUTPUT.exists() else None
 #: the tiny ViT, in the release's VisionTransformer terms; its width differs from the text's so
 #: that a cross-attention key/value of the wrong width cannot load
 VISION = dict(image_size=32, patch_size=8, width=24, depth=2, heads=2, mlp_ratio=4.0)
-#: the tiny BERT, in med_config.json's terms (BLIP's file, shrunk; encoder_width is overridden
-#: with the ViT's width by BLIP_Pretrain, as for the release)
-MED_CONFIG = {
-    "architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
-    "hidden_dropout_prob": 0.1, "hidden_size": 16, "initializer_range": 0.02, "intermediate_size": 48,
-    "layer_norm_eps": 1e-12, "max_position_embeddings": 40, "model_type": "bert", "num_attention_heads": 2,
-    "num_hidden_layers": 2, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": 100,
-    "encoder_width": 768, "add_cross_attention": True,
-}
 #: BLIP's configs/med_config.json (485 bytes, the size of THUDM/ImageReward's med_config.json)
 BLIP_MED_CONFIG = {
     "architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
@@ -56,6 +47,10 @@ BLIP_MED_CONFIG = {
     "num_hidden_layers": 12, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": 30524,
     "encoder_width": 768, "add_cross_attention": True,
 }
+#: the tiny BERT: BLIP's file, shrunk (its encoder_width is overridden with the ViT's width by
+#: BLIP_Pretrain, as for the release)
+MED_CONFIG = {**BLIP_MED_CONFIG, "hidden_size": 16, "intermediate_size": 48, "max_position_embeddings": 40,
+              "num_attention_heads": 2, "num_hidden_layers": 2, "vocab_size": 100}
 #: [CLS]-like first token, words, [SEP]-like end, zero padding (masked) up to a fixed length
 TOKENS = [[1, 5, 17, 42, 2, 0, 0, 0, 0, 0], [1, 99, 23, 7, 64, 11, 30, 8, 2, 0]]
 MASKS = [[int(t != 0) for t in row] for row in TOKENS]
