@@ -1,8 +1,10 @@
 # ∇-GFlowNet reproduction workflow. Rules only wire files; all logic is in `python -m nabla`.
-# Default: the tiny Stable-Diffusion-shaped prior, pretrained here on CPU from OpenMoji.
+# Default: the 2-D toy (exact targets) and the tiny Stable-Diffusion-shaped prior, pretrained
+# here on CPU from OpenMoji; every computed result lives under runs/ until the last step
+# publishes it to results/ (workflow/rules/common.smk).
 
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -10,22 +12,28 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
-
-
 include: "workflow/rules/common.smk"
+
+
+CHECKED_AT_BUILD = validate_config(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/check.smk"
 include: "workflow/rules/prior.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/tune.smk"
 include: "workflow/rules/train.smk"
-include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/bench.smk"
+
 
 localrules:
+    check_config,
     check_sd15_models,
-    toy2d_tables,
-    image_tables,
-    curves,
-    toy2d_figures,
-    image_figures,
+    select_settings,
+    aggregate,
+    figures_of_a_reward,
+    publish,
     figures,
 
 

@@ -8,13 +8,17 @@ is minimised jointly in the policy θ (through log P_F) and a scalar log-flow ne
 is "forward-looking": log F(x_t) = f_φ(x_t, t, c) + β r(decode(x̂_0(x_t))), with x̂_0 the current
 policy's one-step prediction taken without gradient, and at the end log F(x_0) = β r(x_0) exactly.
 log P_F is the sampler's Gaussian and log P_B the fixed noising kernel, both averaged over
-dimensions (as the DDPO-style log-probabilities of the DAG release).
+dimensions (as the DDPO-style log-probabilities of the DAG release), so the balance holds for
+log-densities scaled by 1/D: the target is exp(D·β·r) in full-likelihood units (D the dimensions
+of a sample: 2 at toy2d, 1024 at tiny, 16384 at sd15).
 
-β is annealed linearly from ``reward_scale_start`` to ``reward_scale`` over the first
-``anneal_updates`` optimiser steps (set it to half the run's updates, as the paper anneals over the
-first half of training). The method counts its own updates (checkpointed with it) and hands each
-micro-batch the β of its update. An optional output regulariser λ‖ε̂_θ − ε̂_old‖² (default off)
-keeps the policy near the sampling policy.
+Defaults are the release's (apple/ml-diffusion-alignment-gflownet, ``config/sd.yaml`` and
+``scripts/train_gfn.py``): β = ``reward_exp`` 100, annealed linearly from 0 over the first half of
+the epochs (``anneal: linear``, ``ratio = min(1, epoch / (0.5 num_epochs))``), here of the run's
+rounds, one β per round; the output regulariser λ‖ε̂_θ − ε̂_old‖² with ``unetreg`` 1.0 and ε̂_old
+stored at sampling time; every transition trained (``timestep_fraction`` 1.0), two optimiser steps
+per round (16 × 4 samples per epoch, 8 × 4 per step); the forward-looking x̂_0 from the
+conditional prediction alone (no guidance).
 
 f_φ: an MLP on [x, emb(t)] for points; for latents a small CNN (strided convolutions with the
 timestep embedding and the mean-pooled prompt embedding added after the first one, global average
@@ -24,6 +28,7 @@ forward-looking estimate β r(x̂_0).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -45,14 +50,14 @@ from nabla.methods import (
 
 @dataclass
 class DBGFlowNetOptions:
-    reward_scale: float = 1.0  # β (not a paper value: set per reward; log-probs are per-dimension means)
-    reward_scale_start: float = 0.0  # β at the first update
-    anneal_updates: int = 100  # updates over which β ramps up (half of the trainer's default 200)
-    output_reg: float = 0.0  # λ on ‖ε̂_θ − ε̂_old‖² (off by default)
-    transition_fraction: float = 0.1  # of each trajectory's transitions, the last always included
+    reward_scale: float = 100.0  # β (release reward_exp); per-dimension log-probs: the target is exp(D·β·r)
+    reward_scale_start: float = 0.0  # β at the first round
+    anneal_fraction: float = 0.5  # the share of the rounds over which β ramps up linearly (release: half)
+    output_reg: float = 1.0  # λ on ‖ε̂_θ − ε̂_old‖² (release unetreg)
+    transition_fraction: float = 1.0  # of each trajectory's transitions (release timestep_fraction)
     stratified: bool = True  # one transition per stratum (else uniform without replacement)
     train_on_previous_round: bool = False
-    updates_per_round: int = 1
+    updates_per_round: int = 2  # release: 16 x 4 samples per epoch, 8 x 4 per optimiser step
     microbatch_size: int = 32  # transitions per forward pass (gradient accumulation beyond)
     flow_conditioned: bool = True  # f_φ sees the prompt (image scales)
     flow_channels: tuple[int, ...] = (32, 64)  # f_φ CNN widths at the image scales
@@ -67,11 +72,12 @@ def db_residual(
     return log_flow_t + log_pf - log_flow_prev - log_pb
 
 
-def annealed_reward_scale(final: float, start: float, update: int, anneal_updates: int) -> float:
-    """β at 0-based update `update`: linear from `start` to `final` over `anneal_updates`, then `final`."""
-    if anneal_updates <= 0:
+def annealed_reward_scale(final: float, start: float, round_index: int, anneal_rounds: float) -> float:
+    """β of 0-based round ``round_index``: linear from ``start`` to ``final`` over ``anneal_rounds``
+    rounds, then ``final`` (the release's ``min(1, epoch / (0.5 num_epochs))``)."""
+    if anneal_rounds <= 0:
         return final
-    return start + min(1.0, update / anneal_updates) * (final - start)
+    return start + min(1.0, round_index / anneal_rounds) * (final - start)
 
 
 # -- the log-flow networks ------------------------------------------------------------------------
@@ -150,10 +156,17 @@ class DBGFlowNet(Method):
 
     name = "db_gflownet"
     Options = DBGFlowNetOptions
+    target = "reward_only"
     needs_stochastic_sampler = True
 
-    def __init__(self, options, backend, reward, sampler):
-        super().__init__(options, backend, reward, sampler)
+    @classmethod
+    def target_beta(cls, options, sample_shape) -> float:
+        """D·β: log P_F and log P_B are means over the D dimensions of a sample, so the balance
+        holds for log-densities scaled by 1/D, whose terminal flow is β r: exp(D·β·r) in full units."""
+        return options.reward_scale * math.prod(sample_shape)
+
+    def __init__(self, options, backend, reward, sampler, total_rounds: int = 1):
+        super().__init__(options, backend, reward, sampler, total_rounds)
         shape = tuple(backend.sample_shape)
         if len(shape) == 1:
             self.flow = LogFlowMLP(shape[0], hidden=options.flow_hidden)
@@ -161,7 +174,7 @@ class DBGFlowNet(Method):
             cond_dim = backend.encode_prompts([""]).shape[-1] if options.flow_conditioned else None
             self.flow = LogFlowCNN(shape, options.flow_channels, cond_dim)
         self.flow.to(backend.device)
-        self.updates_done = 0
+        self.rounds_done = 0
 
     @property
     def trains_on_previous_round(self) -> bool:
@@ -177,12 +190,10 @@ class DBGFlowNet(Method):
             subsample_transitions(num_steps, o.transition_fraction, o.stratified, generator) for _ in batch.prompts
         ]
         plan = iterate_transition_plan(batch, steps, o.updates_per_round, o.microbatch_size)
-        scales = [
-            annealed_reward_scale(o.reward_scale, o.reward_scale_start, self.updates_done + u, o.anneal_updates)
-            for u in range(len(plan))
-        ]
-        self.updates_done += len(plan)
-        return [[ScaledTransitions(tr, scale) for tr in update] for update, scale in zip(plan, scales)]
+        scale = annealed_reward_scale(o.reward_scale, o.reward_scale_start, self.rounds_done,
+                                      o.anneal_fraction * self.total_rounds)
+        self.rounds_done += 1
+        return [[ScaledTransitions(tr, scale) for tr in update] for update in plan]
 
     def _flow(self, x: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         return self.flow(x, t, cond if self.options.flow_conditioned else None)
@@ -198,8 +209,8 @@ class DBGFlowNet(Method):
         if len(inner):
             sub = lambda c: None if c is None else c[inner]  # noqa: E731
             x, t = tr.x_prev[inner], tr.t_prev[inner]
-            with torch.no_grad():
-                out = self.guided(x, t, sub(cond), sub(uncond))
+            with torch.no_grad():  # the release's look-ahead: the conditional prediction, no guidance
+                out = self.backend.model_output(x, t, sub(cond))
             x0_hat = diffusion.predict_x0(out, x, a_prev[inner], self.backend.prediction_type)
             reward = self._lookahead_reward(x0_hat, [tr.prompts[i] for i in inner.tolist()])
             log_flow = log_flow.index_put((inner,), self._flow(x, t, sub(cond)) + beta * reward)
@@ -214,7 +225,9 @@ class DBGFlowNet(Method):
         mean = diffusion.ddim_mean(out, tr.x_t, a_t, a_prev, self.sampler.eta, ptype)
         log_pf = diffusion.gaussian_log_prob(tr.x_prev, mean, std, reduction="mean")
         log_pb = diffusion.backward_log_prob(tr.x_t, tr.x_prev, a_t, a_prev, reduction="mean")
-        x0_hat = diffusion.predict_x0(out.detach(), tr.x_t, a_t, ptype)
+        with torch.no_grad():  # the conditional prediction: the guided one where there is no guidance
+            conditional = out if self.sampler.guidance_scale == 1.0 else self.backend.model_output(tr.x_t, tr.t, cond)
+            x0_hat = diffusion.predict_x0(conditional, tr.x_t, a_t, ptype)
         log_flow_t = self._flow(tr.x_t, tr.t, cond) + beta * self._lookahead_reward(x0_hat, tr.prompts)
         log_flow_prev = self._log_flow_prev(tr, a_prev, cond, uncond, beta)
         residual = db_residual(log_flow_t, log_pf, log_flow_prev, log_pb)
@@ -231,7 +244,7 @@ class DBGFlowNet(Method):
         )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"updates_done": torch.tensor(self.updates_done)}
+        return {"rounds_done": torch.tensor(self.rounds_done)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.updates_done = int(state["updates_done"])
+        self.rounds_done = int(state["rounds_done"])

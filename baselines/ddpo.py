@@ -126,8 +126,8 @@ class DDPO(Method):
     Options = DDPOOptions
     needs_stochastic_sampler = True
 
-    def __init__(self, options, backend, reward, sampler):
-        super().__init__(options, backend, reward, sampler)
+    def __init__(self, options, backend, reward, sampler, total_rounds: int = 1):
+        super().__init__(options, backend, reward, sampler, total_rounds)
         self.tracker = PerPromptStatTracker(options.buffer_size, options.min_count)
 
     def advantages(self, prompts: Sequence[str], rewards: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Where the time goes: every method's cost per update, in one process, as figures (not tests).
 
 For a scale (toy2d or tiny) and its training config, ``run_bench`` trains every method for a few
-updates through the real :class:`~nabla.trainer.Trainer` and reports, per method:
+rounds through the real :class:`~nabla.trainer.Trainer` and reports, per method:
 
 * wall seconds per update (median over rounds, the first round left out as warm-up) and the peak
   memory above the process's level before the method (CUDA: allocated; CPU: resident set);
@@ -34,12 +34,13 @@ import torch
 
 from nabla.methods import Transitions, available_methods
 from nabla.sampling import rollout
-from nabla.trainer import Trainer, load_train_config, round_generator
+from nabla.config import load_train_config
+from nabla.trainer import Trainer, round_generator
 
-#: per scale: training config, reward, updates per method, evaluation interval and samples per prompt
+#: per scale: training config, reward, rounds per method, evaluation interval and samples per prompt
 BENCH_SCALES = {
-    "toy2d": {"config": "config/train/toy2d.yaml", "reward": "linear", "updates": 40, "eval_every": 5, "eval_samples": 256},
-    "tiny": {"config": "config/train/tiny.yaml", "reward": "colorfulness", "updates": 6, "eval_every": 2, "eval_samples": 2},
+    "toy2d": {"config": "config/train/toy2d.yaml", "reward": "linear", "rounds": 40, "eval_every": 5, "eval_samples": 256},
+    "tiny": {"config": "config/train/tiny.yaml", "reward": "colorfulness", "rounds": 6, "eval_every": 2, "eval_samples": 2},
 }
 
 # -- measurements -----------------------------------------------------------------------------
@@ -210,11 +211,11 @@ def bench_trainer(config: str | Path, method: str, reward: str, out: Path, devic
     return Trainer(cfg, out, progress=False)
 
 
-def bench_method(config: str | Path, method: str, reward: str, updates: int, eval_every: int, eval_samples: int,
+def bench_method(config: str | Path, method: str, reward: str, rounds: int, eval_every: int, eval_samples: int,
                  out: Path, device: str = "cpu", seed: int = 0) -> tuple[dict, pd.DataFrame]:
-    """Train one method for `updates` updates in `out`; its cost row and its eval curve."""
-    trainer = bench_trainer(config, method, reward, out, device, seed, updates=updates, eval_every=eval_every,
-                            eval_samples_per_prompt=eval_samples)
+    """Train one method for `rounds` rounds in `out`; its cost row and its eval curve."""
+    trainer = bench_trainer(config, method, reward, out, device, seed, rounds=rounds, eval_every=eval_every,
+                            eval_samples_per_prompt=eval_samples, eval_splits=("evaluation",))
     cfg = trainer.cfg
     passes = passes_per_transition(trainer)
     with peak_memory(trainer.backend.device) as memory:
@@ -225,7 +226,7 @@ def bench_method(config: str | Path, method: str, reward: str, updates: int, eva
     per_round = rounds["seconds"].diff().dropna() / rounds["updates"].iloc[1:]
     per_update = float(per_round.median()) if len(per_round) else float(rounds["seconds"].iloc[0] / rounds["updates"].iloc[0])
     row = {
-        "scale": cfg.scale, "method": method, "reward": reward, "updates": summary["step"],
+        "scale": cfg.scale, "method": method, "reward": reward, "rounds": summary["rounds"], "updates": summary["updates"],
         "trajectories_per_round": cfg.trajectories_per_round, "seconds_per_update": per_update,
         "peak_memory_mib": memory["mib"], "diverged": "diverged_at" in summary, **(passes or {}),
     }
@@ -233,7 +234,7 @@ def bench_method(config: str | Path, method: str, reward: str, updates: int, eva
     return row, curve
 
 
-def run_bench(scale: str, config: str | Path, reward: str, updates: int, eval_every: int, eval_samples: int,
+def run_bench(scale: str, config: str | Path, reward: str, rounds: int, eval_every: int, eval_samples: int,
               methods: Sequence[str] | None = None, device: str = "cpu", sampler_repeats: int = 7,
               progress: Callable[[str], None] = print) -> dict[str, pd.DataFrame]:
     """Every method at one scale, in this process; returns the methods, curves and sampler frames."""
@@ -245,7 +246,7 @@ def run_bench(scale: str, config: str | Path, reward: str, updates: int, eval_ev
         batch, guidance = reference.cfg.trajectories_per_round, reference.cfg.sampler.guidance_scale
         units = [denoiser_unit_seconds(reference.backend, batch, guidance)]
         for method in methods or available_methods():
-            row, curve = bench_method(config, method, reward, updates, eval_every, eval_samples,
+            row, curve = bench_method(config, method, reward, rounds, eval_every, eval_samples,
                                       Path(tmp) / method, device)
             progress(f"{scale} {method}: {row['seconds_per_update']:.3f} s/update, "
                      f"peak +{row['peak_memory_mib']:.0f} MiB")
@@ -287,7 +288,7 @@ def markdown_table(methods: pd.DataFrame, sampler: pd.DataFrame | None) -> str:
         ratio = ratios_to(frame)
         unit = frame["denoiser_unit_seconds"].median()
         lines += [
-            f"### {scale}: {int(frame['updates'].max())} updates per method, "
+            f"### {scale}: {int(frame['rounds'].max())} rounds per method, "
             f"{int(frame['trajectories_per_round'].iloc[0])} trajectories per round",
             "",
             f"Denoiser-equivalent = one guided forward + backward at that batch: {1000 * unit:.1f} ms here.",
@@ -341,7 +342,7 @@ def write_bench(frames: dict[str, pd.DataFrame], out: str | Path) -> list[Path]:
     (out / "bench.md").write_text(markdown_table(frames["methods"], frames.get("sampler")))
     written.append(out / "bench.md")
     for scale, curves in frames["curves"].groupby("scale", sort=False):
-        fig = curve_figure(curves, panels=(("eval_reward_mean", "mean held-out reward", False),),
-                           title=f"{scale}: reward against updates and training seconds")
+        fig = curve_figure(curves, panels=(("reward_mean", "mean reward, evaluation split", False),),
+                           title=f"{scale}: reward against trajectories and training seconds")
         written += save(fig, out / f"reward_{scale}")
     return written

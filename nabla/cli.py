@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 DEFAULT_DATA_CACHE = "runs/data/openmoji32.npz"
@@ -30,19 +29,16 @@ def _load_overrides(path: str | None) -> dict:
     return (yaml.safe_load(text) if path.endswith((".yaml", ".yml")) else json.loads(text)) or {}
 
 
-def _dataclass_from(cls, overrides: dict):
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(overrides) - set(known))
-    if unknown:
-        raise SystemExit(f"error: unknown {cls.__name__} key(s): {', '.join(unknown)}")
-    # YAML gives lists where the dataclass holds tuples (channel widths, words).
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    return cls(**values)
+def _json(text: str | None):
+    """A JSON value given on the command line (the workflow passes settings this way)."""
+    return json.loads(text) if text else None
 
 
 # -- commands -----------------------------------------------------------------------------------
 def cmd_pretrain(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
+    from nabla.options import options_from_dict
+
     overrides = _load_overrides(args.config)
     for key in ("seed", "vae_steps", "unet_steps", "steps"):
         if getattr(args, key, None) is not None:
@@ -51,14 +47,14 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         from nabla.models.tiny import TinyPriorConfig, pretrain_tiny_prior
 
         overrides.pop("steps", None)
-        cfg = _dataclass_from(TinyPriorConfig, overrides)
+        cfg = options_from_dict(TinyPriorConfig, overrides)
         out = pretrain_tiny_prior(cfg, args.out, args.data_cache, progress=not args.no_progress)
     else:
         from nabla.models.toy2d import Toy2dPretrainConfig, pretrain_and_save_toy2d
 
         for key in ("vae_steps", "unet_steps"):
             overrides.pop(key, None)
-        cfg = _dataclass_from(Toy2dPretrainConfig, overrides)
+        cfg = options_from_dict(Toy2dPretrainConfig, overrides)
         out = pretrain_and_save_toy2d(cfg, args.out)
     print(f"saved {args.scale} prior to {out}")
 
@@ -80,10 +76,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
         backend.load_lora(args.lora)
     labels = args.prompts
     if not args.prompts:
-        from nabla.data.prompts import EVAL_PROMPTS, FINETUNE_PROMPTS
+        from nabla.data.prompts import EVAL_PROMPTS, FINETUNE_PROMPTS, VALIDATION_PROMPTS
 
-        args.prompts = list(FINETUNE_PROMPTS) + list(EVAL_PROMPTS)
-        labels = [f"{p} (fine-tune)" for p in FINETUNE_PROMPTS] + [f"{p} (held out)" for p in EVAL_PROMPTS]
+        splits = (("train", FINETUNE_PROMPTS), ("validation", VALIDATION_PROMPTS), ("evaluation", EVAL_PROMPTS))
+        args.prompts = [p for _, words in splits for p in words]
+        labels = [f"{p} ({split})" for split, words in splits for p in words]
     prompts = [p for p in args.prompts for _ in args.seeds]
     seeds = [s for _ in args.prompts for s in args.seeds]
     draw = lambda: sample_images(  # noqa: E731
@@ -104,20 +101,50 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(f"wrote {path} ({len(args.prompts)} prompts x {len(args.seeds)} seeds)")
 
 
+def _run_overrides(args: argparse.Namespace) -> dict:
+    """TrainConfig keys set on the command line (None: not given)."""
+    return {"rounds": args.rounds, "trajectories_per_round": args.trajectories, "model": args.model,
+            "device": args.device}
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
-    from nabla.trainer import ConfigChangedError, NonFiniteError, Trainer, load_train_config
+    from nabla.config import load_train_config
+    from nabla.trainer import ConfigChangedError, NonFiniteError, Trainer
 
-    overrides = {"updates": args.updates, "trajectories_per_round": args.trajectories, "model": args.model,
-                 "device": args.device}
-    cfg = load_train_config(args.config, args.method, args.reward, args.seed, **overrides)
+    cfg = load_train_config(args.config, args.method, args.reward, args.seed, **_run_overrides(args))
     try:
         trainer = Trainer(cfg, args.out, progress=not args.no_progress, on_config_change=args.on_config_change,
                           config_path=args.config)
         summary = trainer.run()
     except (NonFiniteError, ConfigChangedError) as error:
         raise SystemExit(f"error: {error}") from error
-    print(json.dumps(summary))
+    print(json.dumps({k: v for k, v in summary.items() if k != "last_eval"}))
+
+
+def _evaluation_options(args: argparse.Namespace) -> dict:
+    return {"num_samples": args.samples, "features": args.features, "fid_features": args.fid_features}
+
+
+def cmd_runs(args: argparse.Namespace) -> None:
+    _set_threads(args.threads)
+    from nabla.protocol import grid_points, selected_settings
+    from nabla.runs import RunSpec, run_group
+    from nabla.trainer import NonFiniteError
+
+    chosen = selected_settings(args.selected, args.reward, args.method) if args.selected else {}
+    if args.grid is not None:
+        points = grid_points(_json(args.grid))
+        specs = [RunSpec(f"p{k}", args.seeds[0], points[k]) for k in args.points]
+    else:
+        specs = [RunSpec(f"seed{seed}", seed, chosen) for seed in args.seeds]
+    identity = {"scale": args.scale, "protocol": args.protocol}
+    try:
+        run_group(args.config, args.method, args.reward, specs, args.root, args.out, _run_overrides(args),
+                  _json(args.set), _evaluation_options(args) if args.evaluate else None, identity)
+    except NonFiniteError as error:
+        raise SystemExit(f"error: {error}") from error
+    print(f"wrote {args.out} ({len(specs)} runs)")
 
 
 def cmd_train_reward(args: argparse.Namespace) -> None:
@@ -136,54 +163,61 @@ def cmd_train_features(args: argparse.Namespace) -> None:
     print(f"wrote the evaluation feature network to {out}")
 
 
+def _short(metrics: dict) -> str:
+    return json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (list, dict)) and k != "sample_strip"})
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
     from nabla.evaluation import evaluate_run
 
-    metrics = evaluate_run(
-        args.run, args.out, beta=args.beta, num_samples=args.samples, prior_only=args.prior,
-        features=args.features, fid_features=args.fid_features,
-    )
-    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}))
+    print(_short(evaluate_run(args.run, args.out, **_evaluation_options(args))))
+
+
+def cmd_evaluate_prior(args: argparse.Namespace) -> None:
+    _set_threads(args.threads)
+    from nabla.evaluation import evaluate_prior
+
+    print(_short(evaluate_prior(args.config, args.reward, args.out, **_evaluation_options(args), model=args.model)))
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
-    from nabla.report.tables import mean_std_table, mean_vector_table, summary_frame, write_tables
+    from nabla.report.aggregate import aggregate
 
-    frame = summary_frame(args.metrics)
-    Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(args.summary, index=False)
-    seeds = frame.groupby(["reward", "method"])["seed"].nunique()
-    caption = (
-        f"{args.title}: mean ± std over {seeds.min()}–{seeds.max()} seeds"
-        if seeds.min() != seeds.max() else f"{args.title}: mean ± std over {seeds.min()} seeds"
-    )
-    written = write_tables(mean_std_table(frame, args.columns), args.table, caption)
-    for column in args.vector_columns:
-        reference = f"target_{column}" if f"target_{column}" in frame else None
-        written += write_tables(
-            mean_vector_table(frame, column, reference), f"{args.table}_{column}", f"{caption}; {column}"
-        )
-    print(f"wrote {args.summary} ({len(frame)} runs) and {', '.join(map(str, written))}")
+    written = aggregate(args.scale, args.protocol, args.groups, args.priors, args.out, args.levels)
+    print("wrote " + ", ".join(map(str, written)))
 
 
-def cmd_curves(args: argparse.Namespace) -> None:
-    from nabla.report.curves import collect_curves
+def cmd_select(args: argparse.Namespace) -> None:
+    from nabla.report.aggregate import select_settings
 
-    curves = collect_curves(args.runs)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    curves.to_csv(args.out, index=False)
-    print(f"wrote {args.out} ({len(curves)} rows from {len(args.runs)} runs)")
+    select_settings(args.scale, args.groups, args.out, args.level)
+    print(f"wrote {args.out}")
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
-    from nabla.report.figures import image_figures, toy2d_figures
+    from nabla.report.figures import figures
 
-    if args.scale == "toy2d":
-        written = toy2d_figures(args.results)
-    else:
-        written = image_figures(args.results, args.scale, rewards=args.reward)
-    print("wrote " + ", ".join(map(str, written)))
+    print("wrote " + ", ".join(map(str, figures(args.results, args.scale, rewards=args.reward))))
+
+
+def cmd_publish(args: argparse.Namespace) -> None:
+    from nabla.publish import publish
+
+    marker = publish(args.source, args.to, args.marker)
+    print(f"published {args.source} to {args.to} ({marker})")
+
+
+def cmd_check_config(args: argparse.Namespace) -> None:
+    from nabla.workflow_check import check_workflow_config
+
+    problems = check_workflow_config(_json(args.config_json))
+    if problems:
+        raise SystemExit("error: the workflow config has problems:\n" + "\n".join(f"  - {p}" for p in problems))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("every run's config resolves\n")
+    print("every run's config resolves")
 
 
 def cmd_data(args: argparse.Namespace) -> None:
@@ -192,7 +226,8 @@ def cmd_data(args: argparse.Namespace) -> None:
     dataset = openmoji.load_openmoji(args.data_cache)
     print(f"OpenMoji {openmoji.openmoji_version()} (CC BY-SA 4.0): {len(dataset.captions)} clean emoji cached in {args.data_cache}")
     train, heldout = openmoji.split(dataset)
-    for name, words in (("finetune", prompts.FINETUNE_PROMPTS), ("eval", prompts.EVAL_PROMPTS), ("pretrain", prompts.TRAIN_WORDS)):
+    for name, words in (("train", prompts.FINETUNE_PROMPTS), ("validation", prompts.VALIDATION_PROMPTS),
+                        ("evaluation", prompts.EVAL_PROMPTS), ("pretrain", prompts.TRAIN_WORDS)):
         covered = prompts.prompt_coverage(words, train.captions)
         print(f"{name:9s} " + ", ".join(f"{w}: {n}" for w, n in covered.items()))
     subset = openmoji.tiny_subset(train, prompts.TRAIN_WORDS)
@@ -211,7 +246,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         defaults = BENCH_SCALES[scale]
         result = run_bench(
             scale, (args.config or {}).get(scale, defaults["config"]), defaults["reward"],
-            updates=args.updates or defaults["updates"], eval_every=defaults["eval_every"],
+            rounds=args.rounds or defaults["rounds"], eval_every=defaults["eval_every"],
             eval_samples=defaults["eval_samples"], methods=args.methods, device=args.device,
         )
         for name, frame in result.items():
@@ -221,8 +256,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_fetch_models(args: argparse.Namespace) -> None:
+    from nabla.config import config_models
     from nabla.hub import check_available, fetch
-    from nabla.trainer import config_models
 
     models = config_models(args.config, args.features, args.reward or None)
     if not models:
@@ -240,7 +275,7 @@ def cmd_smoke(args: argparse.Namespace) -> None:
 
     report = run_smoke(
         shape=args.scale, out=args.out, method=args.method, model=args.model, device=args.device,
-        updates=args.updates, trajectories=args.trajectories, num_steps=args.steps,
+        rounds=args.rounds, trajectories=args.trajectories, num_steps=args.steps,
         microbatch_size=args.microbatch or (2 if args.scale == "sd15" else 8),
     )
     for key, value in report.items():
@@ -279,21 +314,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_sample)
 
+    def run_options(p, seeds: bool) -> None:
+        """What a run needs: the method, reward, seed(s), training YAML, and overrides of it."""
+        p.add_argument("--method", required=True, help="e.g. residual_nabla_db, nabla_db")
+        p.add_argument("--reward", required=True, help="e.g. linear, quadratic, colorfulness, emoji_class")
+        if seeds:
+            p.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run per seed (or per --points)")
+        else:
+            p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--config", help="a scale's training YAML (top-level keys, methods: and rewards: sections)")
+        p.add_argument("--rounds", type=int, help="override the budget: sampling rounds")
+        p.add_argument("--trajectories", type=int, help="override trajectories_per_round (per process)")
+        p.add_argument("--model", help="override the prior folder")
+        p.add_argument("--device", help="override the device (cpu, cuda)")
+        p.add_argument("--threads", type=int)
+
+    def evaluation_options(p) -> None:
+        p.add_argument("--features", help="images: the feature extractor of diversity (and of FID unless --fid-features),"
+                       " NAME or NAME=MODEL: emoji=DIR (tiny, the train-features folder); dreamsim, clip, lpips, inception (sd15)")
+        p.add_argument("--fid-features", help="images: the feature extractor of FID-to-prior (sd15: inception)")
+        p.add_argument("--samples", type=int, default=4000, help="toy2d: samples; images: images per evaluation prompt")
+
     p = commands.add_parser("train", help="fine-tune the prior with one method on one reward (resumes a run folder)")
-    p.add_argument("--method", required=True, help="e.g. residual_nabla_db, nabla_db")
-    p.add_argument("--reward", required=True, help="e.g. linear, quadratic, colorfulness, emoji_class")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--config", help="a scale's training YAML (top-level keys, methods: and rewards: sections)")
+    run_options(p, seeds=False)
     p.add_argument("--out", required=True, help="run folder (resumed from its checkpoint if present)")
-    p.add_argument("--updates", type=int, help="override the number of optimiser updates")
-    p.add_argument("--trajectories", type=int, help="override trajectories_per_round (per process)")
-    p.add_argument("--model", help="override the prior folder")
-    p.add_argument("--device", help="override the device (cpu, cuda)")
     p.add_argument("--on-config-change", choices=["fail", "restart"], default="fail",
                    help="when --out holds a run of another config: refuse (default) or delete it and start over")
-    p.add_argument("--threads", type=int)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("runs", help="train and evaluate a group of runs (seeds, or tuning grid points) in one "
+                            "process, each resumable; write the group's record (what the workflow calls)")
+    run_options(p, seeds=True)
+    p.add_argument("--scale", required=True, choices=["toy2d", "tiny", "sd15"])
+    p.add_argument("--protocol", required=True, help="release, tuned or tune (recorded with the group)")
+    p.add_argument("--root", required=True, help="folder of the group's run folders")
+    p.add_argument("--out", required=True, help="the group's record (JSON)")
+    p.add_argument("--set", help="JSON object of settings for every run (TrainConfig keys, else method options)")
+    p.add_argument("--grid", help="tuning: JSON object of value lists (its points: nabla.protocol.grid_points)")
+    p.add_argument("--points", nargs="+", type=int, default=[], help="tuning: the grid points to run (at --seeds' first)")
+    p.add_argument("--selected", help="the tuned protocol: selected.yaml, whose settings for (reward, method) apply")
+    p.add_argument("--evaluate", action="store_true", help="evaluate each finished run on the evaluation split")
+    evaluation_options(p)
+    p.set_defaults(func=cmd_runs)
 
     p = commands.add_parser("train-reward", help="train the tiny scale's learned reward (an OpenMoji classifier)")
     p.add_argument("--out", required=True)
@@ -311,44 +374,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_train_features)
 
-    p = commands.add_parser("evaluate", help="metrics of a finished run (or of its prior) on fixed seeds")
+    p = commands.add_parser("evaluate", help="metrics of a finished run on the evaluation split (fixed seeds)")
     p.add_argument("--run", required=True, help="a finished run folder")
     p.add_argument("--out", required=True, help="metrics JSON")
-    p.add_argument("--prior", action="store_true", help="evaluate the pretrained prior (adapter off) instead")
-    p.add_argument("--beta", type=float, help="toy2d: β of the exact target p#·exp(βr)")
-    p.add_argument("--features", help="images: the feature extractor of diversity (and of FID unless --fid-features),"
-                   " NAME or NAME=MODEL: emoji=DIR (tiny, the train-features folder); dreamsim, clip, lpips, inception (sd15)")
-    p.add_argument("--fid-features", help="images: the feature extractor of FID-to-prior (sd15: inception)")
-    p.add_argument("--samples", type=int, default=4000, help="toy2d: samples; tiny: images per held-out prompt")
+    evaluation_options(p)
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_evaluate)
 
-    p = commands.add_parser("aggregate", help="per-run metrics JSONs → summary CSV and mean ± std tables")
-    p.add_argument("--metrics", nargs="+", required=True)
-    p.add_argument("--summary", required=True, help="CSV, one row per run")
-    p.add_argument("--table", required=True, help="table path stem: writes STEM.md and STEM.tex")
-    p.add_argument("--columns", nargs="+", required=True, help="metrics to tabulate")
-    p.add_argument("--vector-columns", nargs="*", default=[], help="list metrics (e.g. masses): a table each, STEM_NAME.md")
-    p.add_argument("--title", default="Results")
+    p = commands.add_parser("evaluate-prior", help="the prior's metrics on a training config's evaluation split")
+    p.add_argument("--config", required=True, help="a scale's training YAML")
+    p.add_argument("--reward", required=True)
+    p.add_argument("--model", help="override the prior folder")
+    p.add_argument("--out", required=True, help="metrics JSON")
+    evaluation_options(p)
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_evaluate_prior)
+
+    p = commands.add_parser("aggregate", help="one protocol's group records → summary, curves, end-of-budget and "
+                            "matched-reward tables")
+    p.add_argument("--scale", required=True, choices=["toy2d", "tiny", "sd15"])
+    p.add_argument("--protocol", required=True)
+    p.add_argument("--groups", nargs="+", required=True, help="group records (nabla runs)")
+    p.add_argument("--priors", nargs="*", default=[], help="the prior's metrics per reward (nabla evaluate-prior)")
+    p.add_argument("--levels", nargs="+", type=float, default=[0.5, 0.75], help="matched-reward fractions")
+    p.add_argument("--out", required=True, help="the protocol's results folder")
     p.set_defaults(func=cmd_aggregate)
 
-    p = commands.add_parser("curves", help="finished runs' evaluation logs → one curves CSV")
-    p.add_argument("--runs", nargs="+", required=True, help="finished run folders")
+    p = commands.add_parser("select", help="the selection rule on the tuning runs → selected.yaml")
+    p.add_argument("--scale", required=True, choices=["toy2d", "tiny", "sd15"])
+    p.add_argument("--groups", nargs="+", required=True, help="the tuning runs' group records")
+    p.add_argument("--level", type=float, required=True, help="the matched-reward fraction the rule compares at")
     p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_curves)
+    p.set_defaults(func=cmd_select)
 
-    p = commands.add_parser("figures", help="draw a scale's figures from its cached results (PNG and PDF)")
-    p.add_argument("--scale", default="toy2d", choices=["toy2d", "tiny", "sd15"])
-    p.add_argument("--results", required=True, help="results/<scale>: summary.csv, curves.csv, metrics/")
-    p.add_argument("--reward", action="append", help="image scales: only this reward's figures (repeatable)")
+    p = commands.add_parser("figures", help="draw one protocol's figures from its results folder (PNG and PDF)")
+    p.add_argument("--scale", required=True, choices=["toy2d", "tiny", "sd15"])
+    p.add_argument("--results", required=True, help="a protocol's results folder: summary.csv, curves.csv, levels.json")
+    p.add_argument("--reward", action="append", help="only this reward's figures (repeatable)")
     p.set_defaults(func=cmd_figures)
+
+    p = commands.add_parser("publish", help="copy a finished scale's computed results into the committed results/")
+    p.add_argument("--source", required=True, help="the computed results of a scale (runs/results/<scale>)")
+    p.add_argument("--to", required=True, help="its committed place (results/<scale>), replaced as a whole")
+    p.add_argument("--marker", required=True, help="written last: what was published, with checksums")
+    p.set_defaults(func=cmd_publish)
+
+    p = commands.add_parser("check-config", help="resolve every run's training config of a workflow config and "
+                            "name every problem (before any job computes)")
+    p.add_argument("--config-json", required=True, help="the workflow config as JSON (what Snakemake resolved)")
+    p.add_argument("--out", help="a marker written when every config resolves")
+    p.set_defaults(func=cmd_check_config)
 
     p = commands.add_parser("smoke", help="time a few updates at a scale's real shapes (sd15: random weights if not cached)")
     p.add_argument("--scale", choices=["sd15", "tiny-random"], default="sd15")
     p.add_argument("--method", default="residual_nabla_db")
     p.add_argument("--model", help="a diffusers folder or cached id (default: SD 1.5 if cached, else random weights)")
     p.add_argument("--device", help="default: cuda if available, else cpu")
-    p.add_argument("--updates", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--trajectories", type=int, default=8, help="trajectories per round")
     p.add_argument("--steps", type=int, default=50, help="sampler steps")
     p.add_argument("--microbatch", type=int, help="transitions (or trajectories) per differentiable pass "
@@ -361,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "the sampler against diffusers' pipeline; writes CSV, Markdown and a figure")
     p.add_argument("--scale", nargs="+", choices=["toy2d", "tiny"], default=["toy2d", "tiny"])
     p.add_argument("--methods", nargs="+", help="default: every registered method")
-    p.add_argument("--updates", type=int, help="updates per method (default per scale, see nabla/bench.py)")
+    p.add_argument("--rounds", type=int, help="rounds per method (default per scale, see nabla/bench.py)")
     p.add_argument("--config", type=lambda s: dict(kv.split("=", 1) for kv in s.split(",")),
                    help="scale=training YAML pairs, comma-separated (default config/train/<scale>.yaml)")
     p.add_argument("--device", default="cpu")

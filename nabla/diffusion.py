@@ -196,6 +196,28 @@ def ddim_mean(
     return a_prev.sqrt().to(x_t.dtype) * x0 + c_dir * eps
 
 
+def step_coefficients(alpha_bar_t: float, alpha_bar_prev: float, eta: float, prediction_type: str) -> tuple[float, float, float]:
+    """(c_x, c_out, σ_t) of one step whose every sample has the same t: μ = c_x x_t + c_out · output.
+
+    x̂_0 and ε̂ are both linear in (x_t, output) for every prediction type, hence so is μ; the
+    sampler applies the step in two operations instead of ``ddim_mean``'s per-sample arithmetic
+    (the same μ, to float rounding; a test keeps them equal).
+    """
+    _check_prediction_type(prediction_type)
+    a, ap = float(alpha_bar_t), float(alpha_bar_prev)
+    std = float(ddim_std(a, ap, eta))
+    c_dir = math.sqrt(max(0.0, 1 - ap - std**2))
+    # (x̂_0, ε̂) = (x0_x x_t + x0_out out, eps_x x_t + eps_out out)
+    if prediction_type == "epsilon":
+        x0_x, x0_out, eps_x, eps_out = 1 / math.sqrt(a), -math.sqrt(1 - a) / math.sqrt(a), 0.0, 1.0
+    elif prediction_type == "v_prediction":
+        x0_x, x0_out, eps_x, eps_out = math.sqrt(a), -math.sqrt(1 - a), math.sqrt(1 - a), math.sqrt(a)
+    else:
+        x0_x, x0_out, eps_x, eps_out = 0.0, 1.0, 1 / math.sqrt(1 - a), -math.sqrt(a) / math.sqrt(1 - a)
+    sqrt_ap = math.sqrt(ap)
+    return sqrt_ap * x0_x + c_dir * eps_x, sqrt_ap * x0_out + c_dir * eps_out, std
+
+
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: Scalar, reduction: str = "sum") -> torch.Tensor:
     """Per-sample log N(x; mean, std² I), summed or averaged over the non-batch dims."""
     s = _bcast(std, x)
@@ -203,6 +225,14 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: Scalar, reductio
     z = (x - mean) / s.to(x.dtype)
     elementwise = -0.5 * z**2 - (s.log() + 0.5 * math.log(2 * math.pi)).to(x.dtype)
     return _reduce(elementwise, reduction)
+
+
+def standard_normal_log_prob(noise: torch.Tensor, std: float) -> torch.Tensor:
+    """log N(μ + σ·noise; μ, σ² I) per sample, averaged over the non-batch dims: the density of a
+    sampled transition from its own noise (``gaussian_log_prob(..., reduction="mean")`` of it)."""
+    if std <= 0:
+        raise ValueError("std must be > 0: a deterministic transition has no density")
+    return _reduce(-0.5 * noise.square(), "mean") - (math.log(std) + 0.5 * math.log(2 * math.pi))
 
 
 def forward_score(x_prev: torch.Tensor, mean: torch.Tensor, std: Scalar) -> torch.Tensor:

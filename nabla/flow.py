@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-from diffusers import UNet2DConditionModel, UNet2DModel
 from diffusers.models.embeddings import get_timestep_embedding
 from torch import nn
 
@@ -96,6 +95,8 @@ class FlowScoreUNet(nn.Module):
             norm_num_groups=norm_num_groups or min(32, block_out_channels[0]),
         )
         if self.conditioned:
+            from diffusers import UNet2DConditionModel  # imported here: diffusers' UNets take seconds to load
+
             self.unet = UNet2DConditionModel(
                 down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
                 up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
@@ -103,6 +104,8 @@ class FlowScoreUNet(nn.Module):
                 **common,
             )
         else:
+            from diffusers import UNet2DModel
+
             self.unet = UNet2DModel(
                 down_block_types=("DownBlock2D",) * n,
                 up_block_types=("UpBlock2D",) * n,

@@ -10,7 +10,7 @@ They differ only in the "base" scores the policy's scores are matched against:
 Defaults follow the official release (lzzcd001/nabla-gfn) where it has one: squared score
 residuals averaged over latent elements ("score" weighting), γ_t = ᾱ_t, the reverse loss trains
 only g_φ, 10 % of each trajectory's transitions with low-variance subsampling plus the last one,
-and each round trains on the previous round's trajectories. The release's flow net zeroes only
+each round trains on the previous round's trajectories, in two optimiser steps per round. The release's flow net zeroes only
 its output bias; ours zeroes the whole output layer so that g_φ ≡ 0 at the start.
 """
 
@@ -52,7 +52,7 @@ class NablaDBOptions:
     transition_fraction: float = 0.1  # of each trajectory's transitions, the last always included
     stratified: bool = True  # low-variance (one per stratum) subsampling
     train_on_previous_round: bool = True  # release: round r trains on round r−1's trajectories
-    updates_per_round: int = 1
+    updates_per_round: int = 2  # release: 16 x 4 trajectories per epoch, 4 x 8 per optimiser step
     microbatch_size: int = 32  # transitions per forward pass (gradient accumulation beyond)
     flow_conditioned: bool = True  # g_φ sees the prompt (image scales)
     flow_channels: tuple[int, ...] = (32, 64)  # g_φ UNet widths at the image scales
@@ -68,8 +68,8 @@ class _NablaGFlowNet(Method):
     Options = NablaDBOptions
     needs_stochastic_sampler = True
 
-    def __init__(self, options, backend, reward, sampler):
-        super().__init__(options, backend, reward, sampler)
+    def __init__(self, options, backend, reward, sampler, total_rounds: int = 1):
+        super().__init__(options, backend, reward, sampler, total_rounds)
         self.flow = None
         if not options.no_flow:
             shape = tuple(backend.sample_shape)
@@ -215,6 +215,11 @@ class ResidualNablaDB(_NablaGFlowNet):
     """Residual ∇-DB: match θ's scores to κ × the prior's plus the residual flow score."""
 
     name = "residual_nabla_db"
+    target = "tilted"
+
+    @classmethod
+    def target_beta(cls, options, sample_shape) -> float:
+        return options.reward_scale  # p#^κ·exp(βr); exact at κ = 1
 
     def base_scores(self, tr, a_t, a_prev, std, cond, uncond, reverse):
         kappa = self.options.pretrained_strength
@@ -232,6 +237,11 @@ class NablaDB(_NablaGFlowNet):
     """Plain ∇-DB: match θ's scores to the backward kernel's plus the flow score (target exp(βr))."""
 
     name = "nabla_db"
+    target = "reward_only"
+
+    @classmethod
+    def target_beta(cls, options, sample_shape) -> float:
+        return options.reward_scale  # scores of summed log-densities: exp(βr) itself
 
     def base_scores(self, tr, a_t, a_prev, std, cond, uncond, reverse):
         pb_prev, pb_t = objectives.backward_scores(tr.x_t, tr.x_prev, a_t, a_prev)

@@ -60,21 +60,11 @@ def method_class(name: str) -> type["Method"]:
     return METHODS[name]
 
 
-def options_from_dict(cls: type, values: dict | None) -> Any:
-    """Build an options dataclass, naming any unknown key (config typos fail loudly)."""
-    values = dict(values or {})
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-
 # -- what a sampling round produces ---------------------------------------------------------------
 @dataclass
 class SamplerConfig:
     num_steps: int = 20
-    eta: float = 1.0
+    eta: float = 1.0  # 1: the paper's "DDPM" (memoryless) sampler
     guidance_scale: float = 5.0
 
 
@@ -182,17 +172,24 @@ class LossOutput:
     logs: dict[str, float]
 
 
+#: what a method's optimum is (DESIGN.md §4b), hence which exact target it is scored against
+TARGETS = ("tilted", "reward_only", "none")
+
+
 class Method(abc.ABC):
     """One fine-tuning algorithm; see the module docstring for the contract."""
 
     name: ClassVar[str]
     Options: ClassVar[type]
+    #: "tilted" (optimum p#·exp(βr)), "reward_only" (exp(β_eff r) alone) or "none" (a reward
+    #: maximiser): which target :meth:`target_beta` belongs to
+    target: ClassVar[str] = "none"
     #: whether round r trains on round r−1's trajectories (the ∇-GFlowNet release's behaviour)
     trains_on_previous_round: bool = False
     #: whether the loss uses Gaussian transition densities or scores (then η must be > 0)
     needs_stochastic_sampler: bool = False
 
-    def __init__(self, options, backend: DiffusionBackend, reward, sampler: SamplerConfig):
+    def __init__(self, options, backend: DiffusionBackend, reward, sampler: SamplerConfig, total_rounds: int = 1):
         if self.needs_stochastic_sampler and sampler.eta <= 0:
             raise ValueError(
                 f"{self.name} needs a stochastic sampler (eta > 0): its loss uses the Gaussian "
@@ -202,6 +199,14 @@ class Method(abc.ABC):
         self.backend = backend
         self.reward = reward
         self.sampler = sampler
+        self.total_rounds = total_rounds  # the run's budget, for schedules that span it
+
+    @classmethod
+    def target_beta(cls, options, sample_shape: Sequence[int]) -> float | None:
+        """β of the exp(βr) factor of the method's own target with these options, in full-likelihood
+        units (None for a reward maximiser). A method whose log-probabilities are means over the D
+        dimensions of a sample reaches exp(D·β·r) for a configured β."""
+        return None
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """Trainable networks besides the LoRA (checkpointed by name)."""

@@ -55,7 +55,7 @@ class Step:
     x_prev: torch.Tensor
     model_output: torch.Tensor  # guided
     mean: torch.Tensor
-    std: torch.Tensor  # (B,)
+    std: float  # σ_t, the same for every sample of the step
 
 
 def sampler_step(
@@ -63,12 +63,11 @@ def sampler_step(
     eta: float, guidance_scale: float, noise: torch.Tensor | None,
 ) -> Step:
     """x_prev = μ(x_t) + σ_t·noise with the guided model output; differentiable if x or θ need it."""
-    t_vec = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-    a_t, a_prev = diffusion.alpha_bars(backend.scheduler, t_vec, torch.full_like(t_vec, t_prev))
-    out = backend.guided_output(x, t_vec, cond, uncond, guidance_scale)
-    mean = diffusion.ddim_mean(out, x, a_t, a_prev, eta, backend.prediction_type)
-    std = diffusion.ddim_std(a_t, a_prev, eta).to(x.dtype)
-    x_prev = mean + std.view(-1, *[1] * (x.ndim - 1)) * noise if eta > 0 else mean
+    a_t, a_prev = diffusion.alpha_bars(backend.scheduler, torch.tensor(t), torch.tensor(t_prev))
+    c_x, c_out, std = diffusion.step_coefficients(a_t, a_prev, eta, backend.prediction_type)
+    out = backend.guided_output(x, torch.tensor(t, device=x.device), cond, uncond, guidance_scale)
+    mean = c_x * x + c_out * out
+    x_prev = mean + std * noise if eta > 0 else mean
     return Step(x_prev, out, mean, std)
 
 
@@ -96,8 +95,9 @@ def rollout(
         s = sampler_step(backend, x, t, t_prev, cond, uncond, eta, guidance_scale, noise[step])
         if record:
             outputs.append(s.model_output)
+            # x_prev − μ = σ_t·noise, so the density's standardised residual is the noise itself
             log_probs.append(
-                diffusion.gaussian_log_prob(s.x_prev, s.mean, s.std, reduction="mean") if eta > 0
+                diffusion.standard_normal_log_prob(noise[step], s.std) if eta > 0
                 else torch.zeros(len(prompts), device=device)
             )
             latents.append(s.x_prev)

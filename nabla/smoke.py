@@ -1,4 +1,4 @@
-"""`python -m nabla smoke`: a few updates of a method at a scale's real shapes, timed, with peak memory.
+"""`python -m nabla smoke`: a few rounds of a method at a scale's real shapes, timed, with peak memory.
 
 At ``sd15`` it loads SD 1.5 from the local cache when it is there, else builds a random-weight
 pipeline of SD 1.5's exact architecture (nothing is downloaded), and runs the shared trainer with
@@ -21,7 +21,8 @@ from nabla.hub import local_path
 from nabla.methods import SamplerConfig
 from nabla.models.random_sd import save_random_sd_pipeline
 from nabla.models.sd import pipeline_model
-from nabla.trainer import TrainConfig, Trainer
+from nabla.config import TrainConfig
+from nabla.trainer import Trainer
 
 SD15_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # The paper's 10% of trained transitions, for the GFlowNet methods (DDPO keeps its own default).
@@ -42,7 +43,7 @@ def resolve_model(shape: str, model: str | None, folder: Path, device: str) -> t
     return str(path), f"random weights, {shape} architecture"
 
 
-def smoke_config(model: str, method: str, device: str, updates: int, trajectories: int, num_steps: int,
+def smoke_config(model: str, method: str, device: str, rounds: int, trajectories: int, num_steps: int,
                  microbatch_size: int) -> TrainConfig:
     options = {"microbatch_size": microbatch_size}
     if method in SUBSAMPLING_METHODS:
@@ -52,14 +53,16 @@ def smoke_config(model: str, method: str, device: str, updates: int, trajectorie
         model=model,
         method=method,
         reward="colorfulness",
-        updates=updates,
+        rounds=rounds,
         trajectories_per_round=trajectories,
         sampler=SamplerConfig(num_steps=num_steps, eta=1.0, guidance_scale=5.0),
         prompts=("cat", "dog"),
+        validation_prompts=("cow",),
         eval_prompts=("horse",),
         eval_samples_per_prompt=1,
         eval_every=0,
-        checkpoint_every=updates,
+        eval_splits=(),
+        checkpoint_every=rounds,
         device=device,
         method_options=options,
     )
@@ -71,16 +74,16 @@ def run_smoke(
     method: str = "residual_nabla_db",
     model: str | None = None,
     device: str | None = None,
-    updates: int = 2,
+    rounds: int = 2,
     trajectories: int = 8,
     num_steps: int = 50,
     microbatch_size: int = 8,
 ) -> dict:
-    """Run `updates` updates in a fresh run folder; return (and save as smoke.json) timings and memory."""
+    """Run `rounds` rounds in a fresh run folder; return (and save as smoke.json) timings and memory."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(out)
     model, description = resolve_model(shape, model, out, device)
-    cfg = smoke_config(model, method, device, updates, trajectories, num_steps, microbatch_size)
+    cfg = smoke_config(model, method, device, rounds, trajectories, num_steps, microbatch_size)
     run_dir = out / f"{shape}-{method}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a smoke test measures a fresh run, never a resumed one
     if device.startswith("cuda"):
@@ -89,8 +92,10 @@ def run_smoke(
     Trainer(cfg, run_dir, progress=False).run()
     wall = time.perf_counter() - start
     with (run_dir / "train_log.csv").open() as f:
-        seconds = [float(row["seconds"]) for row in csv.DictReader(f)]
-    per_update = [b - a for a, b in zip([0.0] + seconds[:-1], seconds)]
+        rows = list(csv.DictReader(f))
+    ends = {int(r["round"]): float(r["seconds"]) for r in rows}  # a round's last update ends it
+    seconds = [ends[r] for r in sorted(ends)]
+    per_round = [b - a for a, b in zip([0.0] + seconds[:-1], seconds)]
     report = {
         "shape": shape,
         "model": description,
@@ -98,7 +103,8 @@ def run_smoke(
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else device,
         "trajectories": trajectories,
         "num_steps": num_steps,
-        "seconds_per_update": [round(s, 2) for s in per_update],
+        "updates_per_round": len(rows) // max(1, len(ends)),
+        "seconds_per_round": [round(s, 2) for s in per_round],
         "wall_seconds": round(wall, 2),
         "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None,
     }

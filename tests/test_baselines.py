@@ -8,9 +8,11 @@ from safetensors.torch import load_file, save_file
 
 from baselines.db_gflownet import annealed_reward_scale, db_residual
 from baselines.ddpo import DDPO, DDPOOptions, PerPromptStatTracker, ppo_clip_loss
-from baselines.refl import refl_loss, stop_step_range
+from baselines.refl import ReFLOptions, denoising_loss, refl_loss, stop_step_range
+from nabla.config import TrainConfig
 from nabla.methods import SamplerConfig
-from nabla.trainer import TrainConfig, Trainer
+from nabla.options import ConfigError
+from nabla.trainer import Trainer
 
 torch.set_num_threads(1)
 
@@ -85,6 +87,33 @@ def test_refl_loss_forms():
     assert refl_loss(rewards, "relu", 2.0).item() == pytest.approx(0.5)  # ReLU(1), ReLU(−1)
     assert stop_step_range(40, 0.75, 0.975) == (30, 39)  # the release's [30, 39] of 40
     assert stop_step_range(4, 0.75, 0.975) == (3, 3)
+    assert denoising_loss(torch.tensor([[1.0, 3.0]]), torch.tensor([[0.0, 1.0]])).item() == pytest.approx(2.5)
+
+
+def test_refl_defaults_are_the_release_loss():
+    options = ReFLOptions()
+    assert (options.loss_form, options.relu_target, options.reward_loss_weight) == ("relu", 2.0, 1e-3)
+    with pytest.raises(ConfigError) as error:
+        ReFLOptions(loss_form="hinge", pretrain_data="laion")
+    assert len(error.value.problems) == 2
+
+
+def test_refl_pretraining_loss_is_the_denoising_loss_on_exact_prior_samples(toy_prior_dir, tmp_path):
+    options = {"pretrain_data": "prior_mixture", "microbatch_size": 4}
+    trainer = Trainer(toy_config(toy_prior_dir, "refl", method_options=options), tmp_path)
+    batch = trainer.method.collect([""] * 4, [1, 2, 3, 4])
+    (micro,) = trainer.method.plan(batch, torch.Generator().manual_seed(0))[0]
+    pre = micro.pretrain
+    assert pre.x_t.shape == (4, 2) and pre.t.shape == (4,) and pre.prompts == [""] * 4
+    out = trainer.method.loss(micro)
+    # with a fresh LoRA θ is the prior: its denoising loss on the prior's own data is the pretraining loss
+    with torch.no_grad():
+        expected = denoising_loss(trainer.backend.model_output(pre.x_t, pre.t, None), pre.noise).item()
+    assert out.logs["loss_pretrain"] == pytest.approx(expected)
+    assert out.loss.item() == pytest.approx(1e-3 * out.logs["loss_reward"] + expected)
+    # the same round's generator draws the same pretraining batch: a resumed run trains on it again
+    (again,) = trainer.method.plan(batch, torch.Generator().manual_seed(0))[0]
+    assert torch.equal(again.pretrain.x_t, pre.x_t) and torch.equal(again.pretrain.noise, pre.noise)
 
 
 def test_db_residual_vanishes_for_a_flow_in_detailed_balance():
@@ -104,16 +133,28 @@ def test_db_residual_vanishes_for_a_flow_in_detailed_balance():
 
 
 def test_reward_scale_is_annealed_linearly_then_held():
-    assert [annealed_reward_scale(2.0, 0.0, u, 4) for u in (0, 1, 4, 9)] == [0.0, 0.5, 2.0, 2.0]
+    assert [annealed_reward_scale(2.0, 0.0, r, 4) for r in (0, 1, 4, 9)] == [0.0, 0.5, 2.0, 2.0]
     assert annealed_reward_scale(2.0, 0.0, 0, 0) == 2.0
+
+
+def test_db_gflownet_anneals_over_half_of_the_run_one_beta_per_round(toy_prior_dir, tmp_path):
+    options = {"transition_fraction": 0.5, "microbatch_size": 64, "reward_scale": 1.0}
+    trainer = Trainer(toy_config(toy_prior_dir, "db_gflownet", rounds=8, method_options=options), tmp_path)
+    batch = trainer.method.collect(["", ""], [1, 2])
+    betas = []
+    for _ in range(6):
+        plan = trainer.method.plan(batch, torch.Generator().manual_seed(0))
+        assert len(plan) == 2  # the release's two optimiser steps per round
+        betas.append({m.reward_scale for update in plan for m in update})
+    assert betas == [{0.0}, {0.25}, {0.5}, {0.75}, {1.0}, {1.0}]
 
 
 # -- DRaFT truncation ------------------------------------------------------------------------------
 def toy_config(model, method, **overrides):
     values = dict(
-        scale="toy2d", model=str(model), method=method, reward="linear", updates=2, trajectories_per_round=4,
-        sampler={"num_steps": 4, "eta": 1.0, "guidance_scale": 1.0}, prompts=[""], eval_prompts=[""],
-        eval_samples_per_prompt=4, eval_every=0, checkpoint_every=1, lora_rank=2,
+        scale="toy2d", model=str(model), method=method, reward="linear", rounds=2, trajectories_per_round=4,
+        sampler={"num_steps": 4, "eta": 1.0, "guidance_scale": 1.0}, prompts=[""], validation_prompts=[""],
+        eval_prompts=[""], eval_samples_per_prompt=4, eval_every=0, checkpoint_every=1, lora_rank=2,
     )
     values.update(overrides)
     return TrainConfig(**values)
@@ -185,9 +226,10 @@ RUN_OPTIONS = {
     "draft": {"truncation_steps": 2, "microbatch_size": 2},
     "draft_lv": {"microbatch_size": 2},
     "refl": {"stop_min": 0.5, "stop_max": 1.0, "microbatch_size": 2},
-    "db_gflownet": {"transition_fraction": 0.5, "microbatch_size": 4, "anneal_updates": 2, "reward_scale": 0.5,
-                    "output_reg": 1.0},
+    "db_gflownet": {"transition_fraction": 0.5, "microbatch_size": 4, "reward_scale": 0.5},
 }
+#: optimiser steps per round at those options (the releases': DDPO and DB-GFlowNet take 2)
+UPDATES_PER_ROUND = {"ddpo": 2, "draft": 1, "draft_lv": 1, "refl": 1, "db_gflownet": 2}
 
 
 def assert_lora_moved(trainer, before):
@@ -200,28 +242,28 @@ def test_baselines_train_on_toy2d(toy_prior_dir, tmp_path, method):
     trainer = Trainer(toy_config(toy_prior_dir, method, method_options=RUN_OPTIONS[method]), tmp_path, progress=False)
     before = [p.detach().clone() for p in trainer.backend.lora_parameters()]
     summary = trainer.run()
-    assert summary["step"] == 2
-    assert len((tmp_path / "train_log.csv").read_text().splitlines()) == 3
+    assert summary["rounds"] == 2 and summary["updates"] == 2 * UPDATES_PER_ROUND[method]
+    assert len((tmp_path / "train_log.csv").read_text().splitlines()) == 1 + summary["updates"]
     assert_lora_moved(trainer, before)
 
 
 @pytest.mark.parametrize("method", BASELINES)
 def test_baselines_train_on_the_sd_path(random_sd_dir, tmp_path, method):
     cfg = TrainConfig(
-        scale="tiny", model=str(random_sd_dir), method=method, reward="colorfulness", updates=2,
+        scale="tiny", model=str(random_sd_dir), method=method, reward="colorfulness", rounds=2,
         trajectories_per_round=2, sampler={"num_steps": 3, "eta": 1.0, "guidance_scale": 3.0},
-        prompts=["cat", "heart"], eval_prompts=["face"], eval_samples_per_prompt=1, eval_every=0,
+        prompts=["cat", "heart"], eval_prompts=["face"], eval_samples_per_prompt=1, eval_every=0, eval_splits=[],
         checkpoint_every=2, lora_rank=2, method_options={**RUN_OPTIONS[method], "microbatch_size": 2},
     )
     trainer = Trainer(cfg, tmp_path, progress=False)
     before = [p.detach().clone() for p in trainer.backend.lora_parameters()]
-    assert trainer.run()["step"] == 2
+    assert trainer.run()["updates"] == 2 * UPDATES_PER_ROUND[method]
     assert_lora_moved(trainer, before)
 
 
 def test_ddpo_and_db_state_is_restored_from_the_checkpoint(toy_prior_dir, tmp_path):
     for method in ("ddpo", "db_gflownet"):
-        cfg = toy_config(toy_prior_dir, method, updates=4, method_options=RUN_OPTIONS[method])
+        cfg = toy_config(toy_prior_dir, method, rounds=4, method_options=RUN_OPTIONS[method])
         finished = Trainer(cfg, tmp_path / method, progress=False)
         finished.run()
         resumed = Trainer(cfg, tmp_path / method, progress=False)
@@ -229,4 +271,21 @@ def test_ddpo_and_db_state_is_restored_from_the_checkpoint(toy_prior_dir, tmp_pa
         expected, state = finished.method.state_dict(), resumed.method.state_dict()
         assert expected.keys() == state.keys()
         assert all(torch.equal(expected[k], state[k]) for k in expected)
-    assert int(finished.method.state_dict()["updates_done"]) == 4
+    assert int(finished.method.state_dict()["rounds_done"]) == 4
+
+
+@pytest.mark.slow
+def test_refl_pretrains_on_the_tiny_priors_openmoji_images(random_sd_dir, openmoji_cache, tmp_path):
+    cfg = TrainConfig(
+        scale="tiny", model=str(random_sd_dir), method="refl", reward="colorfulness", rounds=1,
+        trajectories_per_round=2, sampler={"num_steps": 3, "eta": 1.0, "guidance_scale": 3.0},
+        prompts=["cat", "heart"], eval_prompts=["face"], eval_splits=[], lora_rank=2,
+        method_options={"pretrain_data": "openmoji", "pretrain_data_cache": str(openmoji_cache), "microbatch_size": 2},
+    )
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    data = trainer.method.data
+    assert data.latents.shape[1:] == (4, 16, 16) and len(data.captions) == len(data.latents) > 100
+    batch = trainer.method.collect(["cat", "heart"], [1, 2])
+    (micro,) = trainer.method.plan(batch, torch.Generator().manual_seed(0))[0]
+    assert all(p in data.captions for p in micro.pretrain.prompts)  # the prior's own captions
+    assert "loss_pretrain" in trainer.method.loss(micro).logs

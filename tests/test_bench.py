@@ -1,4 +1,4 @@
-"""The benchmark's plumbing on toy2d with two methods and a few updates (its figures are not asserted)."""
+"""The benchmark's plumbing on toy2d with two methods and a few rounds (its figures are not asserted)."""
 
 import pandas as pd
 import pytest
@@ -14,7 +14,7 @@ def test_bench_writes_every_method_row_curve_and_table(toy_prior_dir, tmp_path):
     config.update(model=str(toy_prior_dir), trajectories_per_round=16, eval_samples_per_prompt=32,
                   sampler={"num_steps": 8, "eta": 1.0, "guidance_scale": 1.0})
     (tmp_path / "toy.yaml").write_text(yaml.safe_dump(config))
-    frames = run_bench("toy2d", tmp_path / "toy.yaml", "linear", updates=3, eval_every=1, eval_samples=32,
+    frames = run_bench("toy2d", tmp_path / "toy.yaml", "linear", rounds=3, eval_every=1, eval_samples=32,
                        methods=["residual_nabla_db", "draft"], progress=lambda _: None)
     methods = frames["methods"].set_index("method")
     assert list(methods.index) == ["residual_nabla_db", "draft"]
@@ -22,7 +22,7 @@ def test_bench_writes_every_method_row_curve_and_table(toy_prior_dir, tmp_path):
     # residual ∇-DB trains on transitions (pass counts), DRaFT on chains (none)
     assert methods.loc["residual_nabla_db", "forward_rows_prior_per_transition"] == 1
     assert pd.isna(methods.loc["draft", "forward_rows_prior_per_transition"])
-    assert set(frames["curves"]["step"]) == {0, 1, 2, 3} and "sampler" not in frames
+    assert set(frames["curves"]["round"]) == {0, 1, 2, 3} and "sampler" not in frames
     written = write_bench(frames, tmp_path / "bench")
     assert {p.name for p in written} >= {"methods.csv", "curves.csv", "bench.md", "reward_toy2d.png"}
     table = (tmp_path / "bench" / "bench.md").read_text()

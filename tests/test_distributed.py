@@ -97,16 +97,17 @@ def train(model, out, config, processes, method, script=None, fails=None):
 
 def toy_config(tmp_path, processes, method, options):
     """The run config of one process of 2B / B trajectories (same total per round)."""
-    config = dict(scale="toy2d", updates=3, trajectories_per_round=2 * B // processes, lora_rank=4, lr=2e-3,
-                  sampler={"num_steps": 8, "eta": 1.0, "guidance_scale": 1.0}, prompts=[""], eval_prompts=[""],
-                  eval_samples_per_prompt=16, eval_every=0, checkpoint_every=2, methods={method: options})
+    config = dict(scale="toy2d", rounds=3, trajectories_per_round=2 * B // processes, lora_rank=4, lr=2e-3,
+                  sampler={"num_steps": 8, "eta": 1.0, "guidance_scale": 1.0}, prompts=[""], validation_prompts=[""],
+                  eval_prompts=[""], eval_samples_per_prompt=16, eval_every=0, checkpoint_every=2,
+                  methods={method: options})
     path = tmp_path / f"config{processes}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
 RESIDUAL = {"transition_fraction": 1.0, "train_on_previous_round": True, "microbatch_size": 4096,
-            "reward_scale": 0.5, "output_reg": 1.0, "weighting": "sigma2"}
+            "reward_scale": 0.5, "output_reg": 1.0, "weighting": "sigma2", "updates_per_round": 1}
 
 
 @pytest.mark.slow

@@ -10,20 +10,22 @@ import torch
 
 from nabla import diffusion, objectives
 from nabla.bench import count_denoiser_passes, passes_per_transition
-from nabla.trainer import TrainConfig, Trainer, round_generator
+from nabla.config import TrainConfig
+from nabla.trainer import Trainer, round_generator
 
 OPTIONS = dict(reward_scale=0.7, output_reg=3.0, transition_fraction=0.25, train_on_previous_round=False,
-               weighting="sigma2", reverse_loss_weight=2.0, microbatch_size=4096)
+               weighting="sigma2", reverse_loss_weight=2.0, updates_per_round=1, microbatch_size=4096)
 
 
 def toy_trainer(model, tmp_path, method="residual_nabla_db", sd=False, **options):
     values = dict(
-        scale="toy2d", model=str(model), method=method, reward="linear", updates=2, trajectories_per_round=6,
-        sampler={"num_steps": 8, "eta": 1.0, "guidance_scale": 1.0}, prompts=[""], eval_prompts=[""],
-        eval_samples_per_prompt=4, eval_every=0, lora_rank=2, method_options={**OPTIONS, **options},
+        scale="toy2d", model=str(model), method=method, reward="linear", rounds=2, trajectories_per_round=6,
+        sampler={"num_steps": 8, "eta": 1.0, "guidance_scale": 1.0}, prompts=[""], validation_prompts=[""],
+        eval_prompts=[""], eval_samples_per_prompt=4, eval_every=0, lora_rank=2, method_options={**OPTIONS, **options},
     )
     if sd:
-        values.update(scale="tiny", reward="colorfulness", prompts=["cat", "heart"], eval_prompts=["cat"],
+        values.update(scale="tiny", reward="colorfulness", prompts=["cat", "heart"], validation_prompts=["red"],
+                      eval_prompts=["face"],
                       sampler={"num_steps": 4, "eta": 1.0, "guidance_scale": 3.0})
         values["method_options"]["flow_channels"] = [8, 16]
     trainer = Trainer(TrainConfig(**values), tmp_path / "run", progress=False)

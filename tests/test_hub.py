@@ -18,7 +18,8 @@ from nabla.rewards import build_reward
 from nabla.models.clip import CLIP_MEAN, CLIP_STD, clip_preprocess
 from nabla.models.dreamsim import DINO_VITB16, RELEASES
 from nabla.rewards.aesthetic import aesthetic_head
-from nabla.trainer import TrainConfig, Trainer, config_models, required_models
+from nabla.config import TrainConfig, config_models, required_models
+from nabla.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 ABSENT = "nabla-test/certainly-not-cached"

@@ -9,7 +9,7 @@ import yaml
 
 from nabla.data.prompt_sets import PromptSet, read_prompt_file
 from nabla.hub import MissingModelsError
-from nabla.trainer import config_models, load_train_config
+from nabla.config import config_models, load_train_config
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""Curves and figures drawn from cached results only (no run folders)."""
+"""Tables and figures from group records and results folders only (no run folders)."""
 
 import json
 
@@ -8,39 +8,123 @@ import pytest
 import torch
 
 from nabla.data.toy2d import circle_mixture
-from nabla.report.curves import collect_curves, run_curves
-from nabla.report.figures import METHOD_COLORS, curve_figure, toy2d_figures, toy2d_samples_figure, tradeoff_figure
-from nabla.report.tables import summary_frame
+from nabla.report.aggregate import aggregate, select_settings
+from nabla.report.figures import METHOD_COLORS, curve_figure, figures, toy2d_samples_figure, tradeoff_figure
+from nabla.report.tables import end_of_budget_table, mean_std, mean_vector_table, summary_frame
+
+LEVELS = {"prior_reward": 0.0, "target_reward": 2.0}
 
 
-def fake_run(folder, method, seed, finished=True):
-    folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(f"scale: toy2d\nreward: linear\nmethod: {method}\nseed: {seed}\n")
-    (folder / "eval_log.csv").write_text(
-        "step,seconds,eval_reward_mean,eval_reward_std,energy_distance_target,mass_tv_target\n"
-        f"0,0.0,0.1,1.0,1.3,0.42\n10,{2.0 + seed},{0.5 + seed},1.0,{0.4 + 0.1 * seed},0.2\n"
-    )
-    if finished:
-        (folder / "done.json").write_text("{}")
-    return folder
+def curve(rewards, distances, rounds=(0, 10, 20), splits=("validation", "evaluation")):
+    return [{"step": 2 * r, "round": r, "trajectories": 100 * r, "seconds": 0.1 * r, "split": split,
+             "reward_mean": reward, "energy_distance_target": distance, "mass_tv_target": 0.2,
+             "energy_distance_own_target": None, "energy_distance_prior": 0.1 * r}
+            for r, reward, distance in zip(rounds, rewards, distances) for split in splits]
 
 
-def test_curves_carry_the_run_keys_and_refuse_unfinished_runs(tmp_path):
-    runs = [fake_run(tmp_path / m / str(s), m, s) for m in ("ddpo", "residual_nabla_db") for s in (0, 1)]
-    curves = collect_curves(runs)
-    assert list(curves.columns[:4]) == ["scale", "reward", "method", "seed"]
-    assert len(curves) == 8 and set(curves["method"]) == {"ddpo", "residual_nabla_db"}
-    with pytest.raises(FileNotFoundError, match="not finished"):
-        run_curves(fake_run(tmp_path / "x", "ddpo", 0, finished=False))
+def run_record(name, seed, rewards, distances, diverged_at=None, metrics=True, settings=None):
+    return {"run": name, "seed": seed, "settings": settings or {}, "levels": LEVELS,
+            "train": {"rounds": 20, "updates": 40, "trajectories": 2000, "train_seconds": 3.0 + seed,
+                      "diverged_at": diverged_at, "target": "tilted", "target_beta": 0.5},
+            "curves": curve(rewards, distances),
+            "metrics": {"reward_mean": rewards[-1], "energy_distance_target": distances[-1], "mass_tv_target": 0.2,
+                        "energy_distance_own_target": None, "energy_distance_prior": 0.3, "masses": [0.4, 0.6],
+                        "target_masses": [0.5, 0.5], "target": circle_mixture().to_dict(),
+                        "samples": [[0.0, 4.0], [4.0, 0.0]]} if metrics else None}
+
+
+def write_group(path, method, runs, protocol="release"):
+    path.write_text(json.dumps({"scale": "toy2d", "protocol": protocol, "reward": "linear", "method": method,
+                                "runs": runs}))
+    return path
+
+
+@pytest.fixture()
+def toy_results(tmp_path):
+    groups = [
+        write_group(tmp_path / "a.json", "residual_nabla_db",
+                    [run_record("seed0", 0, [0.0, 1.0, 1.8], [1.3, 0.6, 0.2]),
+                     run_record("seed1", 1, [0.0, 0.8, 1.6], [1.3, 0.7, 0.4])]),
+        write_group(tmp_path / "b.json", "draft", [run_record("seed0", 0, [0.0, 3.0, 9.0], [1.3, 1.5, 3.0], diverged_at=33)]),
+    ]
+    prior = tmp_path / "prior.json"
+    prior.write_text(json.dumps({"scale": "toy2d", "reward": "linear", "method": "pretrained", "reward_mean": 0.0,
+                                 "energy_distance_target": 1.3, "energy_distance_prior": 0.0, "masses": [0.5, 0.5],
+                                 "target_masses": [0.5, 0.5], "target": circle_mixture().to_dict(),
+                                 "samples": [[0.0, 4.0]]}))
+    out = tmp_path / "results" / "toy2d" / "release"
+    aggregate("toy2d", "release", groups, [prior], out)
+    return out
+
+
+def test_the_end_of_budget_table_is_honest_about_seeds_divergence_and_the_prior(toy_results):
+    table = (toy_results / "table.md").read_text()
+    end_of_budget = table.split("mass per prior mixture component")[0]
+    rows = {line.split("|")[2].strip(): line for line in end_of_budget.splitlines() if line.startswith("| linear")}
+    # two seeds: mean ± sample std (ddof 1): mean 1.7, std of (1.8, 1.6) = 0.1414
+    assert "1.700 ± 0.141" in rows["residual_nabla_db"] and "| 2 " in rows["residual_nabla_db"]
+    # one seed: the value alone; a diverged run says where
+    assert "diverged at update 33 (1 of 1)" in rows["draft"] and "±" not in rows["draft"].split("|")[9]
+    assert "| –" in rows["pretrained"]  # no seed count, no std: the prior is evaluated once
+    assert "exact target" in table  # the mode-mass table below
+
+
+def test_matched_reward_reads_each_run_where_its_validation_reward_crosses_the_level(toy_results):
+    matched = pd.read_csv(toy_results / "matched.csv")
+    levels = json.loads((toy_results / "levels.json").read_text())["linear"]
+    assert levels["levels"] == {"0.5": 1.0, "0.75": 1.5}
+    row = matched[(matched["run"] == "seed0") & (matched["method"] == "residual_nabla_db") & (matched["level"] == 0.5)]
+    assert row["round"].item() == pytest.approx(10.0) and row["energy_distance_target"].item() == pytest.approx(0.6)
+    later = matched[(matched["run"] == "seed1") & (matched["method"] == "residual_nabla_db") & (matched["level"] == 0.75)]
+    # seed 1 reaches 1.5 at 10 + 10·(0.7/0.8) rounds; its distance interpolates 0.7 → 0.4
+    assert later["round"].item() == pytest.approx(18.75) and later["energy_distance_target"].item() == pytest.approx(0.4375)
+    table = (toy_results / "matched.md").read_text()
+    assert "| 2 of 2 " in table
+
+
+def test_figures_redraw_from_the_results_folder_alone(toy_results):
+    written = figures(toy_results, "toy2d")
+    names = sorted(p.name for p in written)
+    assert names == sorted(f"{k}_linear.{e}" for k in ("curves", "frontier", "tradeoff", "samples") for e in ("png", "pdf"))
+    assert all(p.stat().st_size > 1000 for p in written)
+
+
+def test_selection_takes_each_methods_lowest_divergence_at_the_level(tmp_path):
+    group = write_group(tmp_path / "tune.json", "ddpo", [
+        run_record("p0", 0, [0.0, 0.4, 0.6], [1.3, 1.1, 1.0], metrics=False, settings={"lr": 1e-3}),
+        run_record("p1", 0, [0.0, 1.0, 2.0], [1.3, 0.5, 0.3], metrics=False, settings={"lr": 2e-3}),
+        run_record("p2", 0, [0.0, 1.0, 2.0], [1.3, 0.9, 0.8], metrics=False, settings={"lr": 4e-3}),
+    ], protocol="tune")
+    selected = select_settings("toy2d", [group], tmp_path / "selected.yaml", 0.5)
+    ddpo = selected["rewards"]["linear"]["methods"]["ddpo"]
+    assert ddpo["settings"] == {"lr": 2e-3} and ddpo["edges"] == {"lr": "interior"}
+    assert [p["reached"] for p in ddpo["validation"]] == [False, True, True]
+    assert "&id" not in (tmp_path / "selected.yaml").read_text()  # no YAML aliases: people read it
+
+
+def test_mean_std_is_the_sample_std_and_marks_single_or_missing_values():
+    assert mean_std([1.0, 2.0, 3.0]) == "2.000 ± 1.000" and mean_std([0.5]) == "0.500" and mean_std([]) == "–"
+    assert mean_std([float("nan"), 2.0]) == "2.000"
+
+
+def test_vector_metrics_are_averaged_per_entry_beside_the_exact_reference():
+    frame = pd.DataFrame({
+        "reward": ["linear"] * 2, "method": ["ddpo"] * 2, "seed": [0, 1],
+        "masses": ["[0.2, 0.8]", "[0.4, 0.6]"], "target_masses": ["[0.5, 0.5]"] * 2,
+    })
+    table = mean_vector_table(frame, "masses", reference="target_masses")
+    assert table["method"].tolist() == ["exact target", "ddpo"]
+    assert table["masses[0]"].tolist() == [0.5, 0.3] and table["masses[1]"].tolist() == [0.5, 0.7]
 
 
 def line_colors(fig):
     return {line.get_label(): mcolors.to_hex(line.get_color()) for ax in fig.axes for line in ax.get_lines()}
 
 
-def test_a_method_has_one_colour_in_every_figure(tmp_path):
-    curves = collect_curves([fake_run(tmp_path / m, m, 0) for m in ("ddpo", "draft")])
-    colors = line_colors(curve_figure(curves))
+def test_a_method_has_one_colour_in_every_figure():
+    curves = pd.DataFrame([{**row, "method": m, "diverged": False} for m in ("ddpo", "draft")
+                           for row in curve([0.0, 1.0, 2.0], [1.0, 0.5, 0.3], splits=("evaluation",))])
+    colors = line_colors(curve_figure(curves, (("reward_mean", "r", False),)))
     assert colors == {"DDPO": METHOD_COLORS["ddpo"], "DRaFT-1": METHOD_COLORS["draft"]}
     summary = pd.DataFrame({"method": ["ddpo", "draft"], "energy_distance_prior": [0.3, 1e20], "reward_mean": [1.5, 9.0]})
     fig = tradeoff_figure(summary, "energy_distance_prior", "reward_mean", "x", "y")
@@ -55,26 +139,11 @@ def test_samples_figure_counts_samples_off_the_panel():
     assert "(1 of 3 off the panel)" in fig.axes[0].get_title()
 
 
-def test_toy2d_figures_redraw_from_results_alone(tmp_path):
-    results = tmp_path / "results" / "toy2d"
-    metrics = []
-    for method in ("pretrained", "residual_nabla_db"):
-        path = results / "metrics" / "linear" / method / "seed0.json"
-        path.parent.mkdir(parents=True)
-        path.write_text(json.dumps({
-            "scale": "toy2d", "reward": "linear", "seed": 0, "method": method, "reward_mean": 1.0,
-            "energy_distance_prior": 0.1, "beta": 0.5, "masses": [0.5, 0.5],
-            "target": circle_mixture().to_dict(), "samples": [[0.0, 4.0], [4.0, 0.0]],
-        }))
-        metrics.append(path)
-    summary = summary_frame(metrics)
-    assert "samples" not in summary and "target" not in summary  # figure-only entries stay out
-    summary.to_csv(results / "summary.csv", index=False)
-    collect_curves([fake_run(tmp_path / "run", "residual_nabla_db", 0)]).to_csv(results / "curves.csv", index=False)
-    written = toy2d_figures(results)
-    names = sorted(p.name for p in written)
-    assert names == sorted(f"{k}_linear.{e}" for k in ("curves", "tradeoff", "samples") for e in ("png", "pdf"))
-    assert all(p.stat().st_size > 1000 for p in written)
+def test_summary_rows_leave_the_figure_material_out():
+    summary = summary_frame([{"reward": "linear", "method": "ddpo", "run": "seed0", "seed": 0, "settings": {},
+                              "train": {"rounds": 1}, "metrics": {"reward_mean": 1.0, "samples": [[0.0, 1.0]]}}])
+    assert "samples" not in summary and summary["reward_mean"].item() == 1.0
+    assert end_of_budget_table(summary.assign(train_seconds=1.0, updates=2, trajectories=3), ["reward_mean"]).loc[0, "seeds"] == 1
 
 
 def test_sample_strip_round_trips_through_png_base64():

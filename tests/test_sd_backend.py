@@ -133,14 +133,15 @@ def test_recorded_trajectory_has_what_training_needs(backend):
 
 
 def sd_trainer(model, out, **overrides):
-    from nabla.trainer import TrainConfig, Trainer
+    from nabla.config import TrainConfig
+    from nabla.trainer import Trainer
 
     values = dict(
-        scale="tiny", model=str(model), method="residual_nabla_db", reward="colorfulness", updates=1,
+        scale="tiny", model=str(model), method="residual_nabla_db", reward="colorfulness", rounds=1,
         trajectories_per_round=4, sampler={"num_steps": 4, "eta": 1.0, "guidance_scale": 3.0}, prompts=["cat", "heart"],
-        eval_prompts=["cat"], eval_samples_per_prompt=2, eval_every=0, lora_rank=2,
+        eval_prompts=["cat"], eval_samples_per_prompt=2, eval_every=0, eval_splits=[], lora_rank=2,
         method_options={"transition_fraction": 0.5, "microbatch_size": 8, "flow_channels": [8, 16],
-                        "train_on_previous_round": False, "reward_scale": 100.0},
+                        "train_on_previous_round": False, "reward_scale": 100.0, "updates_per_round": 1},
     )
     values.update(overrides)
     return Trainer(TrainConfig(**values), out, progress=False)
@@ -155,7 +156,7 @@ def test_bfloat16_frozen_parts_keep_lora_vae_and_losses_in_float32(random_sd_dir
     assert backend.encode_prompts(["cat"]).dtype == torch.float32
     before = [p.detach().clone() for p in backend.lora_parameters()]
     summary = trainer.run()
-    assert summary["step"] == 1 and "diverged_at" not in summary
+    assert summary["updates"] == 1 and "diverged_at" not in summary
     assert any(not torch.equal(a, p) for a, p in zip(before, backend.lora_parameters()))
 
 

@@ -114,12 +114,13 @@ def test_minimal_workflow_runs_through_sbatch(slurm_cluster, tmp_path):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
     train = yaml.safe_load((ROOT / "config/train/toy2d.yaml").read_text())
-    train.update(updates=4, trajectories_per_round=32, eval_every=0, eval_samples_per_prompt=64,
+    train.update(rounds=4, trajectories_per_round=32, eval_every=0, eval_samples_per_prompt=64,
                  sampler={"num_steps": 10, "eta": 1.0, "guidance_scale": 1.0})
     (tmp_path / "config/train/toy2d.yaml").write_text(yaml.safe_dump(train))
     config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    config["toy2d"].update(methods=["residual_nabla_db", "ddpo"], seeds=[0], prior={"seed": 0, "steps": 100},
-                           evaluation={"beta": 0.5, "samples": 256})
+    config.update(scales=["toy2d"])
+    config["toy2d"].update(methods=["residual_nabla_db", "ddpo"], rewards=["linear"], seeds=[0], protocols=["release"],
+                           prior={"seed": 0, "steps": 100}, evaluation={"samples": 256})
     (tmp_path / "minimal.yaml").write_text(yaml.safe_dump(config))
     # This cluster has one partition, no accounting daemon: the profile's site settings, overridden.
     profile = yaml.safe_load((tmp_path / "profiles/slurm/config.yaml").read_text())
@@ -130,15 +131,16 @@ def test_minimal_workflow_runs_through_sbatch(slurm_cluster, tmp_path):
     (tmp_path / "profiles/slurm/config.yaml").write_text(yaml.safe_dump(profile))
 
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "results/toy2d/summary.csv", "--profile", "profiles/slurm",
+        [sys.executable, "-m", "snakemake", "runs/results/toy2d/release/summary.csv", "--profile", "profiles/slurm",
          "--configfile", "minimal.yaml"],  # --configfile takes several values: it goes last
         cwd=tmp_path, env=slurm_cluster, capture_output=True, text=True, timeout=900,
     )
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-5000:]
     submitted = [line for line in log.splitlines() if "submitted" in line.lower() and "slurm" in line.lower()]
-    # prior, 2 trainings, 2 evaluations and the prior's reference row; the table runs locally
-    assert len(submitted) == 6, "\n".join(submitted) or log[-3000:]
-    summary = (tmp_path / "results/toy2d/summary.csv").read_text()
+    # the prior, one job per method (its runs trained and evaluated), the prior's reference row; the
+    # config check and the tables run locally
+    assert len(submitted) == 4, "\n".join(submitted) or log[-3000:]
+    summary = (tmp_path / "runs/results/toy2d/release/summary.csv").read_text()
     assert "residual_nabla_db" in summary and "ddpo" in summary
     print(f"{len(submitted)} jobs through sbatch; e.g. {submitted[0].strip()}")

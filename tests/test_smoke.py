@@ -40,11 +40,12 @@ def test_tiny_random_pipeline_keeps_sd_block_structure(tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_command_reports_each_update(tmp_path, capsys):
+def test_smoke_command_reports_each_round(tmp_path, capsys):
     main(["smoke", "--scale", "tiny-random", "--out", str(tmp_path), "--steps", "4", "--trajectories", "4",
-          "--updates", "2", "--device", "cpu"])
+          "--rounds", "2", "--device", "cpu"])
     report = json.loads((tmp_path / "smoke-tiny-random-residual_nabla_db.json").read_text())
-    assert len(report["seconds_per_update"]) == 2 and all(s > 0 for s in report["seconds_per_update"])
+    assert len(report["seconds_per_round"]) == 2 and all(s > 0 for s in report["seconds_per_round"])
+    assert report["updates_per_round"] == 2  # the release's two optimiser steps per round
     assert report["model"] == "random weights, tiny-random architecture"
     assert (tmp_path / "tiny-random-residual_nabla_db" / "final" / "pytorch_lora_weights.safetensors").exists()
-    assert "seconds_per_update" in capsys.readouterr().out
+    assert "seconds_per_round" in capsys.readouterr().out

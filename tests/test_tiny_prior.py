@@ -7,9 +7,12 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from safetensors.torch import load_file
+
 from nabla.cli import main
 from nabla.models.sd import SDBackend
 from nabla.models.tiny import TinyPriorConfig, word_balanced_weights
+from nabla.options import ConfigError
 
 
 def test_word_balanced_weights_draw_every_word_equally():
@@ -64,7 +67,7 @@ def test_sample_command_writes_a_grid(pretrained, tmp_path):
 def test_unknown_pretrain_key_is_named(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("unet_stepz: 3\n")
-    with pytest.raises(SystemExit, match="unknown TinyPriorConfig key.*unet_stepz"):
+    with pytest.raises(ConfigError, match="TinyPriorConfig: unknown key .unet_stepz."):
         main(["pretrain", "--scale", "tiny", "--out", str(tmp_path / "p"), "--config", str(config)])
 
 
@@ -96,3 +99,37 @@ def test_a_rerun_reuses_the_finished_vae_stage_and_keeps_its_log(pretrained, ope
     assert vae_rows() == before and before  # not retrained, logged once, from the stage's own log
     assert (pretrained / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == weights
     assert json.loads((pretrained / "pretrain_config.json").read_text())["unet_steps"] == 4
+
+
+def test_a_crash_in_the_unet_stage_resumes_from_its_checkpoint_to_the_same_weights(openmoji_cache, tmp_path,
+                                                                                   monkeypatch):
+    from nabla.models import tiny
+
+    config = tmp_path / "prior.yaml"
+    config.write_text("checkpoint_every: 2\nunet_batch_size: 4\nvae_batch_size: 4\n")
+    args = ["--data-cache", str(openmoji_cache), "--vae-steps", "2", "--unet-steps", "5", "--config", str(config),
+            "--no-progress"]
+    main(["pretrain", "--scale", "tiny", "--out", str(tmp_path / "whole"), *args])
+
+    calls = [0]
+    weight = tiny.min_snr_weight
+
+    def killed_at_step_4(*a):
+        calls[0] += 1
+        if calls[0] == 4:
+            raise KeyboardInterrupt  # after the checkpoint of step 2, before step 4 ends
+        return weight(*a)
+
+    monkeypatch.setattr(tiny, "min_snr_weight", killed_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        main(["pretrain", "--scale", "tiny", "--out", str(tmp_path / "split"), *args])
+    assert json.loads((tmp_path / "split" / "unet_stage" / "checkpoint" / "state.json").read_text())["step"] == 2
+    monkeypatch.setattr(tiny, "min_snr_weight", weight)
+    main(["pretrain", "--scale", "tiny", "--out", str(tmp_path / "split"), *args])
+    assert calls[0] == 4  # the resumed run did not train steps 1-2 again (the patch counted only those)
+    for name in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        a, b = (load_file(str(tmp_path / run / name)) for run in ("whole", "split"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    logs = [(tmp_path / run / "pretrain_log.csv").read_text().splitlines() for run in ("whole", "split")]
+    steps = lambda rows: [r.split(",")[:2] for r in rows]  # noqa: E731  (the seconds differ)
+    assert steps(logs[0]) == steps(logs[1])  # every step logged once

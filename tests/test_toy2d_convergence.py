@@ -33,7 +33,8 @@ from nabla.gflownet import ResidualNablaDB
 from nabla.metrics.toy2d import energy_distance, mass_tv, mixture_energy_distance
 from nabla.models.toy2d import pretrain_toy2d, save_toy2d
 from nabla.sampling import rollout
-from nabla.trainer import TrainConfig, Trainer
+from nabla.config import TrainConfig
+from nabla.trainer import Trainer
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +68,8 @@ def train(prior_dir, out, method, reward, reward_options, method_options, method
     values = dict(
         scale="toy2d", model=str(prior_dir), method=method, reward=reward, seed=0,
         sampler={"num_steps": NUM_STEPS, "eta": 1.0, "guidance_scale": 1.0},
-        prompts=[""], eval_prompts=[""], eval_samples_per_prompt=8, eval_every=0,
+        prompts=[""], validation_prompts=[""], eval_prompts=[""], eval_samples_per_prompt=8, eval_every=0,
+        eval_splits=[],
         checkpoint_every=10_000, log_every=10_000, lora_rank=8, lr_schedule="cosine",
         reward_options=reward_options, method_options=method_options,
     )
@@ -136,8 +138,8 @@ def test_forward_loss_with_the_exact_flow_reaches_the_tilted_target(good_prior_d
     trainer = train(
         good_prior_dir, tmp_path, "residual_nabla_db", "linear", {"w": list(W)},
         dict(reward_scale=BETA, no_flow=True, reverse_loss_weight=0.0, output_reg=0.0, weighting="sigma2",
-             transition_fraction=0.25, train_on_previous_round=False, microbatch_size=4096),
-        method_class=ExactFlowResidualNablaDB, updates=100, trajectories_per_round=128, lr=3e-3,
+             transition_fraction=0.25, train_on_previous_round=False, updates_per_round=1, microbatch_size=4096),
+        method_class=ExactFlowResidualNablaDB, rounds=100, trajectories_per_round=128, lr=3e-3,
     )
     x = sample(trainer)
     ed = energy_distance(x, exact_samples(LINEAR_TARGET))
@@ -145,11 +147,11 @@ def test_forward_loss_with_the_exact_flow_reaches_the_tilted_target(good_prior_d
     assert ed < 0.02 and tv < 0.06, f"ED {ed:.4f}, TV {tv:.4f}"
 
 
-# The protocol of (b) and (c), config/train/toy2d.yaml's: σ²-weighted residuals, a quarter of the
-# transitions, the current round's trajectories, no output regulariser.
+# The protocol of (b) and (c): σ²-weighted residuals, a quarter of the transitions, the current
+# round's trajectories in one update, no output regulariser (the settings the toy converges with).
 GFN_PROTOCOL = dict(output_reg=0.0, weighting="sigma2", transition_fraction=0.25, train_on_previous_round=False,
-                    microbatch_size=4096)
-RUN_PROTOCOL = dict(updates=200, trajectories_per_round=128, lr=2e-3, flow_lr=2e-3)
+                    updates_per_round=1, microbatch_size=4096)
+RUN_PROTOCOL = dict(rounds=200, trajectories_per_round=128, lr=2e-3, flow_lr=2e-3)
 
 
 # -- (b) residual ∇-DB with the learned flow g_φ ------------------------------------------------
@@ -161,7 +163,7 @@ def test_residual_nabla_db_with_a_learned_flow_approaches_the_tilted_target(good
     where mode masses are decided, accumulates along the chain (low-reward modes keep ~2× their
     mass). A large reverse-loss weight (w_B = 10) is what makes it converge in a few hundred
     updates; with w_B = 1 the forward loss pulls g_φ towards the policy's own deviation (ED 0.64
-    with these settings). The settings are config/train/toy2d.yaml's.
+    with these settings).
     Measured (training seeds 0–2, 200 updates, 128 trajectories, ~45 s): ED 0.037–0.104,
     TV 0.083–0.130 (300 updates at lr 1e-3, seeds 0–3: ED 0.037–0.122, TV 0.081–0.140).
     """

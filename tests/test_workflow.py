@@ -1,22 +1,25 @@
-"""The Snakemake layer: config schema (defaults, enums that match the registries) and profiles."""
+"""The Snakemake layer: the config schema and its checks, the planned DAG, a crash and a rerun of
+the main-job command, and the workflow end to end at the image scales with stand-in models."""
 
 import copy
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
-from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
+from safetensors.torch import load_file
 
 from nabla.methods import available_methods
 from nabla.rewards import REWARDS
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def default_config() -> dict:
@@ -24,93 +27,130 @@ def default_config() -> dict:
 
 
 def test_schema_method_enum_is_the_method_registry():
-    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    schema = yaml.safe_load(SCHEMA.read_text())
     assert sorted(schema["$defs"]["method"]["enum"]) == available_methods()
 
 
-@pytest.mark.parametrize("scale", ["toy2d", "tiny"])
+@pytest.mark.parametrize("scale", ["toy2d", "tiny", "sd15"])
 def test_schema_rewards_are_registered(scale):
-    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    schema = yaml.safe_load(SCHEMA.read_text())
     assert set(schema["properties"][scale]["properties"]["rewards"]["items"]["enum"]) <= set(REWARDS)
 
 
 def test_default_config_validates_and_missing_keys_get_defaults():
+    from snakemake.utils import validate
+
     config = default_config()
-    validate(copy.deepcopy(config), SCHEMA)
+    validate(copy.deepcopy(config), str(SCHEMA))
     del config["toy2d"]["evaluation"], config["tiny"]["prior"]["unet_steps"]
-    validate(config, SCHEMA)
-    assert config["toy2d"]["evaluation"] == {"beta": 0.5, "samples": 4000}
+    validate(config, str(SCHEMA))
+    assert config["toy2d"]["evaluation"] == {"samples": 4000}
     from nabla.models.tiny import TinyPriorConfig
 
     assert config["tiny"]["prior"]["unet_steps"] == TinyPriorConfig().unet_steps  # schema and dataclass agree
 
 
-@pytest.mark.parametrize(
-    "edit, message",
-    [
-        (lambda c: c["toy2d"].update(methods=["residual_nabla_db", "dpo"]), "'dpo' is not one of"),
-        (lambda c: c["toy2d"].update(seeds=[]), "should be non-empty|is too short"),
-        (lambda c: c["tiny"]["prior"].update(unet_step=10), "Additional properties"),
-        (lambda c: c["toy2d"]["evaluation"].update(beta=0), "less than or equal to the minimum|exclusiveMinimum"),
-    ],
-)
-def test_bad_config_is_refused_with_the_offending_value(edit, message):
-    config = default_config()
-    edit(config)
-    with pytest.raises(WorkflowError, match=message):
-        validate(config, SCHEMA)
-
-
-def dry_run(*args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--nolock", "--forceall", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+def dry_run(*args: str, cwd=ROOT, check=True) -> str:
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--nolock", *args], cwd=cwd,
+                            capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr
+
+
+def job_counts(out: str) -> dict[str, str]:
+    return dict(line.split() for line in out.split("Job stats:")[1].split("total")[0].splitlines()[3:] if line.strip())
+
+
+def test_every_schema_violation_is_named_at_once(tmp_path):
+    config = default_config()
+    config["toy2d"].update(methods=["residual_nabla_db", "dpo"], seeds=[])
+    config["tiny"]["prior"]["unet_step"] = 10
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    out = dry_run("--configfile", str(tmp_path / "bad.yaml"), check=False)
+    assert "the workflow config has problems" in out
+    for named in ("toy2d.methods.1: 'dpo' is not one of", "toy2d.seeds:", "tiny.prior: Additional properties"):
+        assert named in out, out[-3000:]
+
+
+@pytest.mark.slow
+def test_a_bad_training_config_stops_the_dry_run_naming_every_problem(tmp_path):
+    copy_workflow(tmp_path)
+    train = yaml.safe_load((ROOT / "config/train/toy2d.yaml").read_text())
+    train.update(lr=-1.0, trajectories_per_round=0, lrr=3)
+    (tmp_path / "config/train/toy2d.yaml").write_text(yaml.safe_dump(train))
+    out = dry_run(cwd=tmp_path, check=False)
+    assert "the runs' training configs have problems" in out
+    for named in ("config/train/toy2d.yaml: lr = -1.0: must be non-negative",
+                  "config/train/toy2d.yaml: trajectories_per_round = 0: must be positive",
+                  "config/train/toy2d.yaml: unknown key 'lrr'"):
+        assert named in out, out[-3000:]
+
+
+@pytest.mark.slow
+def test_the_default_plan_runs_both_protocols_at_toy2d_and_the_release_one_at_tiny():
+    out = dry_run("--forceall", "--profile", "profiles/local")
+    jobs = job_counts(out)
+    # toy2d: 7 methods x 2 rewards, one job each for the release and the tuned protocol (3 seeds)
+    # and for the tuning grid (4 points); tiny: 7 methods x 1 reward x 1 seed; a prior row per reward
+    assert jobs["runs"] == str(14 + 14 + 7) and jobs["tune_runs"] == "14" and jobs["evaluate_prior"] == "3"
+    assert jobs["select_settings"] == "1" and jobs["aggregate"] == "4" and jobs["publish"] == "2"
+    budget = default_config()["tiny"]["budget"]
+    flags = f"--rounds {budget['rounds']} --trajectories {budget['trajectories_per_round']}"
+    tiny = [line for line in out.splitlines() if "nabla runs --scale tiny" in line]
+    toy = [line for line in out.splitlines() if "nabla runs --scale toy2d" in line]
+    assert tiny and all(flags in line for line in tiny) and toy and not any("--rounds" in line for line in toy)
+    assert all("--seeds 0 1 2" in line for line in toy if "--protocol release" in line)
+
+
+#: Snakemake as it runs under --use-conda: its own process cannot import the package
+WITHOUT_THE_PACKAGE = "import sys; sys.modules['nabla.workflow_check'] = None; from snakemake.cli import main; main()"
+
+
+@pytest.mark.slow
+def test_where_the_package_does_not_import_a_first_job_checks_the_config_and_every_job_waits_for_it(tmp_path):
+    result = subprocess.run([sys.executable, "-c", WITHOUT_THE_PACKAGE, "-n", "--forceall", "--cores", "2"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert job_counts(out)["check_config"] == "1"
+    for rule in ("runs", "tune_runs", "pretrain_toy2d_prior", "pretrain_tiny_prior", "evaluate_prior"):
+        block = out.split(f"rule {rule}:")[1].split("rule ")[0]
+        assert "runs/checked/config.ok" in block.split("output:")[0], rule
+    # and that job names what is wrong
+    copy_workflow(tmp_path)
+    train = yaml.safe_load((ROOT / "config/train/toy2d.yaml").read_text())
+    train["lr"] = -1.0
+    (tmp_path / "config/train/toy2d.yaml").write_text(yaml.safe_dump(train))
+    failed = subprocess.run([sys.executable, "-c", WITHOUT_THE_PACKAGE, "--cores", "1", "runs/checked/config.ok"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert failed.returncode != 0
+    assert "lr = -1.0: must be non-negative" in (tmp_path / "logs/check_config.log").read_text()
 
 
 @pytest.mark.slow
 def test_slurm_profile_dry_run_shows_each_jobs_resources():
-    out = dry_run("--profile", "profiles/slurm")
-    train = out.split("rule train:")[1].split("Shell command")[0]
-    assert "slurm_partition=gpu" in train and "runtime=720" in train and "gpu=0" in train
-
-
-def train_commands(out: str, scale: str) -> list[str]:
-    return [line for line in out.splitlines() if "nabla train " in line and f"runs/{scale}/prior " in line]
+    out = dry_run("--forceall", "--profile", "profiles/slurm")
+    runs = out.split("rule runs:")[1].split("Shell command")[0]
+    assert "slurm_partition=gpu" in runs and "runtime=720" in runs and "gpu=0" in runs
 
 
 @pytest.mark.slow
-def test_local_profile_dry_run_plans_the_default_workflow_with_its_budget():
-    out = dry_run("--profile", "profiles/local")
-    assert "pretrain_tiny_prior" in out and "toy2d_tables" in out and "image_figures" in out
-    budget = default_config()["tiny"]["budget"]
-    flags = f"--updates {budget['updates']} --trajectories {budget['trajectories_per_round']}"
-    assert train_commands(out, "tiny") and all(flags in line for line in train_commands(out, "tiny"))
-    assert train_commands(out, "toy2d") and not any("--updates" in line for line in train_commands(out, "toy2d"))
-
-
-@pytest.mark.slow
-def test_tiny_comparison_plans_its_reward_and_feature_networks(tmp_path):
-    config = default_config()
-    config["tiny"].update(methods=["residual_nabla_db", "ddpo"], rewards=["colorfulness", "emoji_class"], seeds=[0])
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    out = dry_run("results/tiny/summary.csv", "--configfile", str(tmp_path / "c.yaml"))  # --configfile takes several
-    jobs = dict(line.split() for line in out.split("Job stats:")[1].split("total")[0].splitlines()[3:] if line.strip())
-    # 2 methods x 2 rewards x 1 seed, the prior's row per reward, one reward and one feature network
-    assert jobs["train"] == "4" and jobs["evaluate"] == "4" and jobs["evaluate_prior"] == "2"
-    assert jobs["train_tiny_reward"] == "1" and jobs["train_tiny_features"] == "1" and jobs["image_tables"] == "1"
-
-
-def test_toy2d_training_curves_measure_against_the_evaluated_target():
-    train = yaml.safe_load((ROOT / default_config()["toy2d"]["train_config"]).read_text())
-    assert train["eval_target_beta"] == default_config()["toy2d"]["evaluation"]["beta"]
+def test_sd15_slurm_dry_run_asks_a_gpu_per_training_job_and_checks_models_first():
+    out = dry_run("--forceall", "--profile", "profiles/slurm", "--configfile", "config/sd15.yaml")
+    # 3 rewards x 7 methods x 3 seeds, one job a run; the prior's row per reward
+    assert job_counts(out) == {"check_sd15_models": "1", "runs": "63", "evaluate_prior": "3",
+                               "aggregate": "1", "figures_of_a_reward": "3", "publish": "1", "all": "1"}
+    runs = out.split("rule runs:")[1].split("rule ")[0]
+    assert "gpu=1" in runs and "runtime=720" in runs and "--features dreamsim --fid-features inception" in runs
 
 
 def test_sd15_config_validates_and_runs_only_the_sd15_scale():
+    from snakemake.utils import validate
+
     config = default_config()
     config.update(yaml.safe_load((ROOT / "config" / "sd15.yaml").read_text()))  # as --configfile merges
-    validate(config, SCHEMA)
+    validate(config, str(SCHEMA))
     assert config["scales"] == ["sd15"] and config["sd15"]["rewards"] == ["aesthetic", "hpsv2", "imagereward"]
     train = yaml.safe_load((ROOT / config["sd15"]["train_config"]).read_text())
     assert train["sampler"] == {"num_steps": 50, "eta": 1.0, "guidance_scale": 5.0} and train["lora_rank"] == 8
@@ -118,81 +158,157 @@ def test_sd15_config_validates_and_runs_only_the_sd15_scale():
 
 
 @pytest.mark.slow
-def test_sd15_slurm_dry_run_asks_a_gpu_per_training_job_and_checks_models_first():
-    out = dry_run("--profile", "profiles/slurm", "--configfile", "config/sd15.yaml")
-    jobs = dict(line.split() for line in out.split("Job stats:")[1].split("total")[0].splitlines()[3:] if line.strip())
-    # 3 rewards x 7 methods x 3 seeds, the prior's row per reward and seed; one table and one
-    # curves job, one figures job per reward
-    assert jobs == {"check_sd15_models": "1", "train": "63", "evaluate": "63", "evaluate_prior": "9", "curves": "1",
-                    "image_tables": "1", "image_figures": "3", "all": "1"}
-    train = out.split("rule train:")[1].split("rule ")[0]
-    assert "gpu=1" in train and "runtime=720" in train and "slurm_partition=gpu" in train
-    evaluate = out.split("rule evaluate:")[1].split("rule ")[0]
-    assert "gpu=1" in evaluate and "--features dreamsim --fid-features inception" in evaluate
+def test_full_config_plans_every_method_on_two_rewards_at_tiny():
+    out = dry_run("--forceall", "--configfile", "config/full.yaml", "--printshellcmds")
+    jobs = job_counts(out)
+    # tiny: 7 methods x 2 rewards x 3 seeds, one job a run; toy2d as the default
+    assert jobs["runs"] == str(42 + 28) and jobs["evaluate_prior"] == "4" and jobs["figures_of_a_reward"] == "6"
+    tiny = yaml.safe_load((ROOT / "config" / "train" / "tiny.yaml").read_text())
+    flags = f"--rounds {tiny['rounds']} --trajectories {tiny['trajectories_per_round']}"
+    assert all(flags in line for line in out.splitlines() if "nabla runs --scale tiny" in line)
 
 
-IMAGE_FIGURES = " ".join(f"results/{{scale}}/figures/{k}_colorfulness.{e}" for k in
-                         ("curves", "tradeoff_diversity", "tradeoff_fid_to_prior", "samples") for e in ("png", "pdf"))
-
-
+# -- running the workflow -------------------------------------------------------------------------
 def copy_workflow(folder: Path) -> None:
     import shutil
 
-    for name in ("Snakefile", "workflow", "config", "environment.yml"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "workflow", "config", "profiles", "environment.yml"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, folder / name)
 
 
-def run_workflow(folder: Path, configfile: str, *targets: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "snakemake", *targets, "--cores", "2", "--configfile", configfile],
-                            cwd=folder, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    return result
+def snakemake(folder: Path, *args: str, env=None, timeout=900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=folder, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def toy_workflow(folder: Path, rounds: int, checkpoint_every: int) -> None:
+    """One toy2d run (residual ∇-DB, linear, seed 0): a workflow a crash test can kill in seconds."""
+    copy_workflow(folder)
+    train = yaml.safe_load((ROOT / "config/train/toy2d.yaml").read_text())
+    train.update(rounds=rounds, checkpoint_every=checkpoint_every, eval_every=10, eval_samples_per_prompt=64,
+                 trajectories_per_round=64)
+    (folder / "config/train/toy2d.yaml").write_text(yaml.safe_dump(train))
+    config = default_config()
+    config["toy2d"].update(methods=["residual_nabla_db"], rewards=["linear"], seeds=[0], protocols=["release"],
+                           prior={"seed": 0, "steps": 200}, evaluation={"samples": 500})
+    config["scales"] = ["toy2d"]
+    (folder / "config/config.yaml").write_text(yaml.safe_dump(config))
+
+
+RUN = Path("runs/toy2d/release/linear/residual_nabla_db/seed0")
+
+
+@pytest.mark.slow
+def test_a_crash_then_the_main_job_command_again_finishes_the_run_as_if_uninterrupted(tmp_path):
+    """SIGKILL the training process after its first checkpoint; the same command again resumes
+    it, runs every update once, ends at the uninterrupted run's weights, and publishes its
+    metrics. A stale results/ (committed copies) never passes for the result."""
+    crashed, whole = tmp_path / "crashed", tmp_path / "whole"
+    for folder in (crashed, whole):
+        toy_workflow(folder, rounds=120, checkpoint_every=20)
+    (crashed / "results/toy2d/release").mkdir(parents=True)
+    (crashed / "results/toy2d/release/summary.csv").write_text("a committed result of another run\n")
+
+    job = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=crashed,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    state = crashed / RUN / "checkpoint" / "state.json"
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline and job.poll() is None:
+        time.sleep(0.05)
+    assert state.exists(), "the run never wrote its first checkpoint"
+    trainer = subprocess.run(["pgrep", "-f", f"nabla runs .*--root {RUN.parent}"], cwd=crashed,
+                             capture_output=True, text=True).stdout.split()
+    assert trainer, "no training process to kill"
+    for pid in trainer:
+        os.kill(int(pid), signal.SIGKILL)
+    output = job.communicate(timeout=300)[0]
+    assert job.returncode != 0, output[-2000:]
+    killed_at = json.loads(state.read_text())["round"]
+    assert 20 <= killed_at < 120 and not (crashed / RUN / "done.json").exists()
+    assert (crashed / "results/toy2d/release/summary.csv").read_text().startswith("a committed")  # not yet published
+
+    again = snakemake(crashed)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert "pretrain_toy2d_prior" not in again.stdout + again.stderr  # what finished is not redone
+    assert snakemake(whole).returncode == 0
+    log = pd.read_csv(crashed / RUN / "train_log.csv")
+    assert list(log["step"]) == list(range(1, 241))  # every update once: none missing, none twice
+    for name in ("adapter_model.safetensors", "flow.safetensors"):
+        a, b = (load_file(str(f / RUN / "final" / name)) for f in (crashed, whole))
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    logs = [pd.read_csv(f / RUN / name).drop(columns="seconds") for f in (crashed, whole) for name in ("train_log.csv",)]
+    pd.testing.assert_frame_equal(logs[0], logs[1])
+    metrics = [json.loads((f / RUN / "metrics.json").read_text())["metrics"] for f in (crashed, whole)]
+    assert {k: v for k, v in metrics[0].items() if k != "train_seconds"} == \
+        {k: v for k, v in metrics[1].items() if k != "train_seconds"}
+    published = pd.read_csv(crashed / "results/toy2d/release/summary.csv")
+    run = published[published["method"] == "residual_nabla_db"]
+    assert run["energy_distance_target"].item() == pytest.approx(metrics[1]["energy_distance_target"])
+    assert len(published) == 2  # the prior's row and the run's: what the DAG computed, not the stale file
+    # and the command once more has nothing to do
+    assert "Nothing to be done" in snakemake(crashed, "-n").stdout
+
+
+@pytest.mark.slow
+def test_figures_redraw_from_committed_results_without_any_run(tmp_path):
+    toy_workflow(tmp_path, rounds=4, checkpoint_every=2)
+    assert snakemake(tmp_path).returncode == 0
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs")
+    figure = tmp_path / "results/toy2d/release/figures/frontier_linear.png"
+    before = figure.stat().st_mtime
+    result = snakemake(tmp_path, "--forceall", "figures")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "runs" not in result.stdout and figure.stat().st_mtime > before and not (tmp_path / "runs" / "toy2d").exists()
+
+
+def image_workflow(folder: Path, random_sd_dir) -> None:
+    copy_workflow(folder)
+    import shutil
+
+    (folder / "runs" / "tiny").mkdir(parents=True)
+    shutil.copytree(random_sd_dir, folder / "runs" / "tiny" / "prior")
 
 
 @pytest.mark.slow
 def test_tiny_comparison_runs_end_to_end_to_its_figures(random_sd_dir, openmoji_cache, tmp_path):
-    """Two methods, one seed, two updates, on a random SD prior standing in for the pretrained one."""
+    """Two methods, one seed, two rounds, on a random SD prior standing in for the pretrained one."""
     import shutil
 
-    copy_workflow(tmp_path)
+    image_workflow(tmp_path, random_sd_dir)
     (tmp_path / "runs" / "data").mkdir(parents=True)
-    shutil.copy(openmoji_cache, tmp_path / "runs" / "data" / "openmoji32.npz")  # older than the prior
-    shutil.copytree(random_sd_dir, tmp_path / "runs" / "tiny" / "prior")
+    shutil.copy(openmoji_cache, tmp_path / "runs" / "data" / "openmoji32.npz")
     (tmp_path / "runs" / "tiny" / "prior" / "pretrain_log.csv").write_text("stage,step,loss,seconds\n")
-    for path in (tmp_path / "runs" / "tiny" / "prior").rglob("*"):  # newer than its input
+    for path in (tmp_path / "runs" / "tiny" / "prior").rglob("*"):  # the stand-in prior newer than its input
         os.utime(path)
     old = time.time() - 3600
     os.utime(tmp_path / "runs" / "data" / "openmoji32.npz", (old, old))
     train = yaml.safe_load((ROOT / "config/train/tiny.yaml").read_text())
-    train.update(updates=2, trajectories_per_round=4, sampler={"num_steps": 3, "eta": 1.0, "guidance_scale": 3.0},
-                 eval_prompts=["cat", "heart"], eval_samples_per_prompt=2, eval_every=1, checkpoint_every=2)
+    train.update(sampler={"num_steps": 3, "eta": 1.0, "guidance_scale": 3.0}, prompts=["cat", "heart"],
+                 validation_prompts=["red"], eval_prompts=["face"], eval_samples_per_prompt=2, eval_every=1,
+                 checkpoint_every=2)
     train["methods"]["residual_nabla_db"].update(microbatch_size=8, flow_channels=[8, 16], transition_fraction=0.5)
     (tmp_path / "config/train/tiny.yaml").write_text(yaml.safe_dump(train))
     config = default_config()
+    config["scales"] = ["tiny"]
     config["tiny"].update(methods=["residual_nabla_db", "draft"], seeds=[0], features={"seed": 1, "steps": 20},
-                          evaluation={"samples": 4}, budget={"updates": 2, "trajectories_per_round": 4})
+                          evaluation={"samples": 4}, budget={"rounds": 2, "trajectories_per_round": 4},
+                          prior_samples={"seeds": 2, "steps": 3, "eta": 1.0, "guidance": 3.0})
     (tmp_path / "mini.yaml").write_text(yaml.safe_dump(config))
-    result = run_workflow(tmp_path, "mini.yaml", *IMAGE_FIGURES.format(scale="tiny").split())
+    result = snakemake(tmp_path, "--configfile", "mini.yaml")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert "pretrain_tiny_prior" not in result.stdout + result.stderr  # the stand-in prior was kept
-    figures = sorted(p.name for p in (tmp_path / "results/tiny/figures").iterdir())
-    kinds = ("curves", "tradeoff_diversity", "tradeoff_fid_to_prior", "samples")
-    assert figures == sorted(f"{k}_colorfulness.{e}" for k in kinds for e in ("png", "pdf"))
-    summary = (tmp_path / "results/tiny/summary.csv").read_text()
-    assert all(m in summary for m in ("pretrained", "residual_nabla_db", "draft")) and "sample_strip" not in summary
-
-
-@pytest.mark.slow
-def test_full_config_plans_every_method_on_two_rewards_per_scale():
-    out = dry_run("--configfile", "config/full.yaml", "--printshellcmds")
-    jobs = dict(line.split() for line in out.split("Job stats:")[1].split("total")[0].splitlines()[3:] if line.strip())
-    # (toy2d + tiny) x 7 methods x 2 rewards x 3 seeds; the prior's row per (scale, reward, seed)
-    assert jobs["train"] == "84" and jobs["evaluate"] == "84" and jobs["evaluate_prior"] == "12"
-    assert jobs["image_figures"] == "2" and jobs["toy2d_figures"] == "1"  # tiny: one job per reward
-    # full undoes the default's cut: the tiny runs train as config/train/tiny.yaml says
-    tiny = yaml.safe_load((ROOT / "config" / "train" / "tiny.yaml").read_text())
-    flags = f"--updates {tiny['updates']} --trajectories {tiny['trajectories_per_round']}"
-    assert train_commands(out, "tiny") and all(flags in line for line in train_commands(out, "tiny"))
+    figures = sorted(p.name for p in (tmp_path / "results/tiny/release/figures").iterdir())
+    assert figures == sorted(f"{k}_colorfulness.{e}" for k in ("curves", "frontier", "tradeoff", "samples")
+                             for e in ("png", "pdf"))
+    summary = pd.read_csv(tmp_path / "results/tiny/release/summary.csv")
+    assert set(summary["method"]) == {"pretrained", "residual_nabla_db", "draft"} and "sample_strip" not in summary
+    curves = pd.read_csv(tmp_path / "results/tiny/release/curves.csv")
+    assert {"diversity", "fid_to_prior"} <= set(curves) and set(curves["split"]) == {"validation", "evaluation"}
+    assert (tmp_path / "results/tiny/prior_samples.png").exists()
 
 
 @pytest.mark.slow
@@ -205,22 +321,39 @@ def test_sd15_path_runs_every_method_end_to_end_offline(random_sd_dir, aesthetic
     train = yaml.safe_load((ROOT / "config/train/sd15.yaml").read_text())
     # float32: bf16 is emulated on this CPU (test_sd_backend covers the bf16 path)
     train.update(model=str(random_sd_dir), device="cpu", frozen_dtype="float32", trajectories_per_round=2, eval_every=1,
-                 checkpoint_every=2,
-                 sampler={"num_steps": 3, "eta": 1.0, "guidance_scale": 5.0}, prompts=["cat", "dog"],
-                 eval_prompts=["camel", "bat"], eval_samples_per_prompt=2)
+                 checkpoint_every=2, sampler={"num_steps": 3, "eta": 1.0, "guidance_scale": 5.0},
+                 prompts=["cat", "dog"], validation_prompts=["red"], eval_prompts=["face", "heart"],
+                 eval_samples_per_prompt=2)
     train["methods"]["residual_nabla_db"].update(flow_channels=[8, 16], transition_fraction=0.5)
     train["rewards"]["aesthetic"] = aesthetic_stand_ins
     (tmp_path / "config/train/sd15.yaml").write_text(yaml.safe_dump(train))
     config = yaml.safe_load((ROOT / "config/sd15.yaml").read_text())
-    config["sd15"].update(rewards=["aesthetic"], seeds=[0], budget={"updates": 2}, evaluation={
+    config["sd15"].update(rewards=["aesthetic"], seeds=[0], budget={"rounds": 2}, evaluation={
         "samples": 2, "features": f"clip={aesthetic_stand_ins['clip_model']}", "fid_features": f"inception={inception_stand_in}"})
     (tmp_path / "sd15-mini.yaml").write_text(yaml.safe_dump(config))
     env_free = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "sd15-mini.yaml"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=900,
-                            env={**env_free, "HF_HOME": str(tmp_path / "empty-hf-home"), "HF_HUB_OFFLINE": "1"})
+    result = snakemake(tmp_path, "--configfile", "sd15-mini.yaml",
+                       env={**env_free, "HF_HOME": str(tmp_path / "empty-hf-home"), "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    summary = (tmp_path / "results/sd15/summary.csv").read_text()
-    assert all(m in summary for m in ["pretrained", *available_methods()])
-    figures = sorted(p.name for p in (tmp_path / "results/sd15/figures").iterdir())
-    assert figures == sorted(p.rsplit("/", 1)[1].replace("colorfulness", "aesthetic") for p in IMAGE_FIGURES.split())
+    summary = pd.read_csv(tmp_path / "results/sd15/release/summary.csv")
+    assert set(summary["method"]) == {"pretrained", *available_methods()}
+    figures = sorted(p.name for p in (tmp_path / "results/sd15/release/figures").iterdir())
+    assert figures == sorted(f"{k}_aesthetic.{e}" for k in ("curves", "frontier", "tradeoff", "samples")
+                             for e in ("png", "pdf"))
+
+
+def test_publishing_replaces_what_was_computed_and_keeps_the_rest(tmp_path):
+    from nabla.publish import publish
+
+    source, to = tmp_path / "runs/results/tiny", tmp_path / "results/tiny"
+    (source / "release").mkdir(parents=True)
+    (source / "release/table.md").write_text("new")
+    (source / "prior_samples.png").write_bytes(b"png")
+    (to / "release").mkdir(parents=True)
+    (to / "release/stale.md").write_text("of an earlier release run")
+    (to / "tune").mkdir()
+    (to / "tune/selected.md").write_text("an opt-in tuning, not run by this config")
+    marker = json.loads(publish(source, to, tmp_path / "runs/published/tiny.json").read_text())
+    assert sorted(marker["files"]) == ["prior_samples.png", "release/table.md"]
+    assert (to / "release/table.md").read_text() == "new" and not (to / "release/stale.md").exists()
+    assert (to / "tune/selected.md").exists() and (to / "prior_samples.png").read_bytes() == b"png"

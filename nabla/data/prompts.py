@@ -7,8 +7,8 @@ one prompt stands for a whole distribution, so every word below covers at least
 alike enough within a word to learn at 32×32 (hearts of every colour, clock faces, moon phases,
 flags, ...). Few animal names survive this: Unicode names are terse (e.g. "dog" covers 5
 emoji, "monkey" 5), and only "cat" (13: mostly cat faces) does; it is fine-tuned on, as the
-paper fine-tunes on animal names. The evaluation prompts are held out from fine-tuning but are
-pretraining words, so the prior knows them.
+paper fine-tunes on animal names. The validation and evaluation prompts are held out from
+fine-tuning but are pretraining words, so the prior knows them; the twelve words split 5 / 3 / 4.
 
 Coverage in the clean set (2,024 emoji; 1,823 in the train split of ``split(seed=0)``),
 as ``word: clean / train``::
@@ -56,7 +56,10 @@ TRAIN_WORDS: tuple[str, ...] = (
 #: prompts the reward fine-tuning trains on
 FINETUNE_PROMPTS: tuple[str, ...] = ("cat", "heart", "flag", "clock", "hand")
 
-#: held-out prompts (never fine-tuned on, known to the prior) for evaluation
+#: prompts every choice (tuning, matched-reward reference) is made on: disjoint from both others
+VALIDATION_PROMPTS: tuple[str, ...] = ("triangle", "keycap", "chess")
+
+#: held-out prompts (never fine-tuned on, known to the prior) for the tables only
 EVAL_PROMPTS: tuple[str, ...] = ("smiling", "moon", "star", "circle")
 
 #: every prompt word covers at least this many emoji of the clean set

@@ -223,6 +223,16 @@ def tilt(
     raise TypeError(f"no closed-form tilt for {type(reward).__name__}")
 
 
+def expected_reward(mixture: GaussianMixture, reward: Reward) -> float:
+    """E_p[r(x)] in closed form: Σ_k π_k w·μ_k (linear), −½ Σ_k π_k (|μ_k − c|² + d σ_k²) (quadratic)."""
+    if isinstance(reward, LinearReward):
+        return float(mixture.weights @ (mixture.means @ reward.w))
+    if isinstance(reward, QuadraticReward):
+        spread = (mixture.means - reward.center).square().sum(dim=-1) + mixture.dim * mixture.stds.square()
+        return float(-0.5 * mixture.weights @ spread)
+    raise TypeError(f"no closed-form expectation for {type(reward).__name__}")
+
+
 def reward_only_target(reward: Reward, beta: float) -> GaussianMixture:
     """The target exp(β r(x)) / Z with no prior (κ = 0).
 

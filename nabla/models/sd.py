@@ -148,6 +148,11 @@ class SDBackend(DiffusionBackend):
         out = self.unet(x_t.to(dtype), t, encoder_hidden_states=cond.to(dtype)).sample
         return out.to(x_t.dtype)
 
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Latents of images in [-1, 1]: the VAE posterior's mean, scaled as the UNet sees them."""
+        return self.vae.encode(images.to(self.vae.dtype)).latent_dist.mean.float() * self.vae.config.scaling_factor
+
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         latents = (x0 / self.vae.config.scaling_factor).to(self.vae.dtype)
         images = self.vae.decode(latents).sample.to(x0.dtype)

@@ -14,7 +14,6 @@ same SD code path as at the paper's scale. Pretraining has two stages:
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import math
 import time
@@ -25,10 +24,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from nabla.checkpoint import CsvLog, optimizer_from_files, optimizer_to_files, replace_folder
 from nabla.data import openmoji, prompts
 from nabla.models.tokenizer import caption_words, write_word_tokenizer
 
@@ -66,6 +67,7 @@ class TinyPriorConfig:
     beta_schedule: str = "squaredcos_cap_v2"
     num_train_timesteps: int = 1000
     log_every: int = 25
+    checkpoint_every: int = 100  # UNet steps between the stage's checkpoints (a crash resumes from the last)
 
 
 # -- model builders -----------------------------------------------------------------------------
@@ -163,40 +165,15 @@ def _lr_lambda(warmup: int, total: int):
     return factor
 
 
-class _Log:
-    """Losses to CSV, one row per logged step, flushed so a crash loses nothing."""
-
-    HEADER = ["stage", "step", "loss", "seconds"]
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = path.open("w", newline="")
-        self.writer = csv.writer(self.file)
-        self.writer.writerow(self.HEADER)
-        self.start = time.perf_counter()
-
-    def copy_rows(self, other: Path) -> None:
-        """Append the rows of another log of this format (a reused stage's)."""
-        with other.open() as f:
-            self.writer.writerows(list(csv.reader(f))[1:])
-        self.file.flush()
-
-    def write(self, stage: str, step: int, loss: float) -> None:
-        self.writer.writerow([stage, step, f"{loss:.6g}", f"{time.perf_counter() - self.start:.2f}"])
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-
-
 def train_vae(
-    cfg: TinyPriorConfig, images: torch.Tensor, weights: torch.Tensor, log: _Log, progress: bool = True
+    cfg: TinyPriorConfig, images: torch.Tensor, weights: torch.Tensor, log: CsvLog, progress: bool = True
 ) -> AutoencoderKL:
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     vae = build_vae(cfg)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(50, cfg.vae_steps))
+    start = time.perf_counter()
     bar = tqdm(range(cfg.vae_steps), desc="VAE", disable=not progress)
     for step in bar:
         batch = images[torch.multinomial(weights, cfg.vae_batch_size, replacement=True, generator=generator)]
@@ -208,7 +185,7 @@ def train_vae(
         optimizer.step()
         schedule.step()
         if step % cfg.log_every == 0 or step == cfg.vae_steps - 1:
-            log.write("vae", step, loss.item())
+            log.write({"stage": "vae", "step": step, "loss": f"{loss.item():.6g}", "seconds": f"{time.perf_counter() - start:.2f}"})
             bar.set_postfix(loss=f"{loss.item():.4f}")
     vae.eval().requires_grad_(False)
     return vae
@@ -231,6 +208,65 @@ def min_snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float) 
     return snr.clamp(max=gamma) / snr
 
 
+class UNetStage:
+    """The UNet + text encoder stage's state, checkpointed so that a killed pretraining resumes
+    at its last checkpoint and ends at the weights an uninterrupted run ends at.
+
+    Everything random is drawn from ``generator`` (torch) and ``rng`` (numpy), both saved; the
+    models, their EMA copies, the optimiser and the learning-rate schedule are saved beside them in
+    ``<out>/unet_stage/checkpoint`` (safetensors + state.json), written atomically.
+    """
+
+    def __init__(self, cfg: TinyPriorConfig, latent_size: int, tokenizer):
+        torch.manual_seed(cfg.seed + 1)
+        self.cfg = cfg
+        self.rng = np.random.default_rng(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed + 1)
+        self.unet = build_unet(cfg, latent_size)
+        self.text_encoder = build_text_encoder(cfg, tokenizer)
+        self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)
+        self.ema_text = copy.deepcopy(self.text_encoder).requires_grad_(False)
+        self.params = list(self.unet.parameters()) + list(self.text_encoder.parameters())
+        self.ema_params = list(self.ema_unet.parameters()) + list(self.ema_text.parameters())
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.unet_lr, weight_decay=1e-2)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg.warmup_steps, cfg.unet_steps))
+        self.step = 0
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"unet": self.unet, "text_encoder": self.text_encoder, "ema_unet": self.ema_unet, "ema_text": self.ema_text}
+
+    def save(self, folder: Path, config: dict) -> None:
+        def write(tmp: Path) -> None:
+            save_file({f"{name}.{k}": v.contiguous() for name, m in self.modules().items() for k, v in m.state_dict().items()},
+                      str(tmp / "models.safetensors"))
+            tensors, meta = optimizer_to_files(self.optimizer)
+            save_file({**tensors, "generator": self.generator.get_state()}, str(tmp / "optimizer.safetensors"))
+            (tmp / "state.json").write_text(json.dumps({
+                "config": config, "step": self.step, "optimizer": meta, "schedule": self.schedule.state_dict(),
+                "rng": self.rng.bit_generator.state,
+            }))
+
+        replace_folder(folder, write)
+
+    def load(self, folder: Path, config: dict) -> bool:
+        """Resume from ``folder`` if it holds a checkpoint of this config."""
+        if not (folder / "state.json").exists():
+            return False
+        state = json.loads((folder / "state.json").read_text())
+        if state["config"] != config:
+            return False
+        models = load_file(str(folder / "models.safetensors"))
+        for name, module in self.modules().items():
+            module.load_state_dict({k[len(name) + 1:]: v for k, v in models.items() if k.startswith(f"{name}.")})
+        tensors = load_file(str(folder / "optimizer.safetensors"))
+        self.generator.set_state(tensors.pop("generator"))
+        self.optimizer.load_state_dict(optimizer_from_files(tensors, state["optimizer"]))
+        self.schedule.load_state_dict(state["schedule"])
+        self.rng.bit_generator.state = state["rng"]
+        self.step = state["step"]
+        return True
+
+
 def train_unet(
     cfg: TinyPriorConfig,
     latent_mean: torch.Tensor,
@@ -238,57 +274,57 @@ def train_unet(
     captions: list[str],
     weights: torch.Tensor,
     tokenizer,
-    log: _Log,
+    stage_dir: Path,
+    config: dict,
     progress: bool = True,
 ) -> tuple[UNet2DConditionModel, CLIPTextModel]:
-    torch.manual_seed(cfg.seed + 1)
-    rng = np.random.default_rng(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed + 1)
-    unet = build_unet(cfg, latent_mean.shape[-1])
-    text_encoder = build_text_encoder(cfg, tokenizer)
-    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.warmup_steps, cfg.unet_steps))
+    """Train the UNet and text encoder (from the stage's last checkpoint in ``stage_dir``, if one
+    of this ``config`` is there); log to ``stage_dir/losses.csv``; return the EMA models."""
+    stage = UNetStage(cfg, latent_mean.shape[-1], tokenizer)
+    resumed = stage.load(stage_dir / "checkpoint", config)
+    log = CsvLog(stage_dir / "losses.csv", stage.step if resumed else None, key="step")
     scheduler = ddim_scheduler(cfg)
     alphas_cumprod = scheduler.alphas_cumprod
     word_set = set(cfg.words)
-
-    bar = tqdm(range(cfg.unet_steps), desc="UNet", disable=not progress)
+    start = time.perf_counter()
+    bar = tqdm(range(stage.step, cfg.unet_steps), desc="UNet", disable=not progress)
     for step in bar:
-        index = torch.multinomial(weights, cfg.unet_batch_size, replacement=True, generator=generator)
-        x0 = latent_mean[index] + latent_std[index] * torch.randn(latent_mean[index].shape, generator=generator)
+        index = torch.multinomial(weights, cfg.unet_batch_size, replacement=True, generator=stage.generator)
+        x0 = latent_mean[index] + latent_std[index] * torch.randn(latent_mean[index].shape, generator=stage.generator)
         texts = [
-            "" if rng.random() < cfg.prompt_dropout
-            else openmoji.word_dropout(captions[i], rng, keep_prob=cfg.word_keep_prob, prompt_words=word_set)
+            "" if stage.rng.random() < cfg.prompt_dropout
+            else openmoji.word_dropout(captions[i], stage.rng, keep_prob=cfg.word_keep_prob, prompt_words=word_set)
             for i in index.tolist()
         ]
         ids = tokenizer(
             texts, padding="max_length", max_length=cfg.max_prompt_tokens, truncation=True, return_tensors="pt"
         ).input_ids
-        t = torch.randint(cfg.num_train_timesteps, (cfg.unet_batch_size,), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(cfg.num_train_timesteps, (cfg.unet_batch_size,), generator=stage.generator)
+        noise = torch.randn(x0.shape, generator=stage.generator)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         # The math kernel: CPU flash attention is slower at these 8-wide heads (~7% of a step).
         with sdpa_kernel(SDPBackend.MATH):
-            eps = unet(x_t, t, encoder_hidden_states=text_encoder(ids)[0]).sample
+            eps = stage.unet(x_t, t, encoder_hidden_states=stage.text_encoder(ids)[0]).sample
             per_sample = (eps - noise).pow(2).mean(dim=(1, 2, 3))
             loss = (min_snr_weight(alphas_cumprod, t, cfg.min_snr_gamma) * per_sample).mean()
-            optimizer.zero_grad(set_to_none=True)
+            stage.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
+        torch.nn.utils.clip_grad_norm_(stage.params, 1.0)
+        stage.optimizer.step()
+        stage.schedule.step()
         # EMA warms up (decay grows from 0) so early steps are not averaged with the random init.
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
+            torch._foreach_lerp_(stage.ema_params, [p.detach() for p in stage.params], 1 - decay)
+        stage.step = step + 1
         if step % cfg.log_every == 0 or step == cfg.unet_steps - 1:
-            log.write("unet", step, loss.item())
+            log.write({"stage": "unet", "step": step, "loss": f"{loss.item():.6g}",
+                       "seconds": f"{time.perf_counter() - start:.2f}"})
             bar.set_postfix(loss=f"{loss.item():.4f}")
-    return ema_unet.eval(), ema_text.eval()
+        if stage.step % cfg.checkpoint_every == 0 or stage.step == cfg.unet_steps:
+            stage.save(stage_dir / "checkpoint", config)
+    return stage.ema_unet.eval(), stage.ema_text.eval()
 
 
 @torch.no_grad()
@@ -318,11 +354,7 @@ def vae_stage(cfg: TinyPriorConfig, out: Path, images, weights, heldout_images, 
     The stage keeps its own loss log (vae_stage/losses.csv), so a rerun's log still holds it.
     """
     if not finished_vae_stage(cfg, out):
-        stage_log = _Log(out / "vae_stage" / "losses.csv")
-        try:
-            vae = train_vae(cfg, images, weights, stage_log, progress)
-        finally:
-            stage_log.close()
+        vae = train_vae(cfg, images, weights, CsvLog(out / "vae_stage" / "losses.csv", None), progress)
         vae.save_pretrained(out / "vae_stage")
         psnr = reconstruction_psnr(vae, heldout_images) if len(heldout_images) else float("nan")
         (out / "vae_stage.json").write_text(
@@ -332,7 +364,8 @@ def vae_stage(cfg: TinyPriorConfig, out: Path, images, weights, heldout_images, 
 
 
 def pretrain_tiny_prior(cfg: TinyPriorConfig, out: str | Path, data_cache: str | Path, progress: bool = True) -> Path:
-    """Pretrain the tiny prior and save it as a diffusers folder at `out` (a finished VAE stage is reused)."""
+    """Pretrain the tiny prior and save it as a diffusers folder at `out`. A finished VAE stage is
+    reused, and the UNet stage resumes from its last checkpoint (both only for the same config)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pretrain_config.json").write_text(json.dumps(asdict(cfg), indent=1))
@@ -342,18 +375,15 @@ def pretrain_tiny_prior(cfg: TinyPriorConfig, out: str | Path, data_cache: str |
     weights = word_balanced_weights(data.captions, cfg.words)
     tokenizer = write_word_tokenizer(caption_words(data.captions), out / "tokenizer", cfg.max_prompt_tokens)
     vae = vae_stage(cfg, out, images, weights, to_tensor(heldout.images), progress)
-    log = _Log(out / "pretrain_log.csv")
-    log.copy_rows(out / "vae_stage" / "losses.csv")
-    try:
-        mean, std = encode_latents(vae, images)
-        # SD scales latents to unit variance; measure it rather than reuse SD's 0.18215.
-        scaling = float(1.0 / mean.std())
-        vae.register_to_config(scaling_factor=scaling)
-        unet, text_encoder = train_unet(
-            cfg, mean * scaling, std * scaling, data.captions, weights, tokenizer, log, progress
-        )
-    finally:
-        log.close()
+    mean, std = encode_latents(vae, images)
+    # SD scales latents to unit variance; measure it rather than reuse SD's 0.18215.
+    scaling = float(1.0 / mean.std())
+    vae.register_to_config(scaling_factor=scaling)
+    unet, text_encoder = train_unet(cfg, mean * scaling, std * scaling, data.captions, weights, tokenizer,
+                                    out / "unet_stage", json.loads(json.dumps(asdict(cfg))), progress)
+    # the log of both stages: the VAE's (kept by its stage) and the UNet's (every step once)
+    lines = [(out / name).read_text().splitlines() for name in ("vae_stage/losses.csv", "unet_stage/losses.csv")]
+    (out / "pretrain_log.csv").write_text("\n".join(lines[0] + lines[1][1:]) + "\n")
     pipeline = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,

@@ -8,7 +8,8 @@ The toy exists so every method can be scored against a closed-form target (see
 * ``pretrain_toy2d`` — ε-prediction regression on exact mixture samples;
 * ``save_toy2d`` / ``load_toy2d`` — safetensors weights + one JSON config (model, mixture,
   scheduler), so a checkpoint carries its own ground truth;
-* ``Toy2dBackend`` — the ``DiffusionBackend`` the methods see, with a peft LoRA adapter.
+* ``Toy2dBackend`` — the ``DiffusionBackend`` the methods see, with a LoRA adapter on every
+  linear layer (``LoRALinear``: one matmul per call, so the toy's many small passes stay cheap).
 """
 
 from __future__ import annotations
@@ -22,14 +23,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 from diffusers import DDIMScheduler
-from peft import (
-    LoraConfig,
-    get_peft_model_state_dict,
-    inject_adapter_in_model,
-    set_peft_model_state_dict,
-)
-from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
+import torch.nn.functional as F
 from torch import nn
 
 from nabla.data.toy2d import GaussianMixture, circle_mixture
@@ -76,14 +71,46 @@ class MLPDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x: (B, dim); t: (B,) or scalar timesteps in [0, num_train_timesteps)."""
-        t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
-        emb = timestep_embedding(t, self.config.time_embed_dim)
-        return self.net(torch.cat([x, emb.to(x.dtype)], dim=-1))
+        emb = timestep_embedding(t.reshape(-1)[:1] if t.numel() == 1 else t, self.config.time_embed_dim)
+        return self.net(torch.cat([x, emb.to(x.dtype).expand(x.shape[0], -1)], dim=-1))
 
 
-def linear_layer_names(model: nn.Module) -> list[str]:
-    """Qualified names of every nn.Linear, the LoRA targets."""
-    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+class LoRALinear(nn.Module):
+    """A frozen linear layer plus a low-rank update: y = x (W + (α/r) B A)ᵀ + b.
+
+    A is Kaiming-uniform (as peft's default LoRA init), B = 0, so the layer starts equal to the
+    frozen one. The update is added to the weight before one matmul: for the toy's narrow layers
+    that is cheaper than peft's separate pass through A and B, and off (``enabled``) it is exactly
+    the frozen layer. Without autograd (sampling) the merged weight is kept until A or B changes
+    (their version counters), so a rollout merges once, not at each of its steps.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, generator: torch.Generator):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
+        bound = 1 / math.sqrt(base.in_features)  # kaiming_uniform_(a=√5): U(±1/√fan_in)
+        with torch.no_grad():
+            self.lora_A.uniform_(-bound, bound, generator=generator)
+        self.scaling = alpha / rank
+        self.enabled = True
+        self._merged: tuple[tuple[int, int], torch.Tensor] | None = None
+
+    def merged_weight(self) -> torch.Tensor:
+        return self.base.weight + self.scaling * (self.lora_B @ self.lora_A)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            weight = self.base.weight
+        elif torch.is_grad_enabled():
+            weight = self.merged_weight()
+        else:
+            version = (self.lora_A._version, self.lora_B._version)
+            if self._merged is None or self._merged[0] != version:
+                self._merged = (version, self.merged_weight())
+            weight = self._merged[1]
+        return F.linear(x, weight, self.base.bias)
 
 
 # -- scheduler --------------------------------------------------------------------------------
@@ -240,7 +267,7 @@ class Toy2dBackend(DiffusionBackend):
         self.mixture = mixture  # the prior's ground truth, for evaluation
         self.sample_shape = (model.config.dim,)
         self._device = torch.device(device)
-        self._lora_config: LoraConfig | None = None
+        self._lora: dict | None = None  # the adapter's r and α, once added
         self._adapter_enabled = False
 
     @classmethod
@@ -264,9 +291,7 @@ class Toy2dBackend(DiffusionBackend):
         self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
     ) -> torch.Tensor:
         """ε(x_t, t); ``cond`` is ignored (the toy is unconditional)."""
-        t = torch.as_tensor(t, device=x_t.device)
-        t = t.expand(x_t.shape[0]) if t.ndim == 0 else t
-        return self.model(x_t, t)
+        return self.model(x_t, torch.as_tensor(t, device=x_t.device))
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         """Points are what the reward sees: identity."""
@@ -274,78 +299,59 @@ class Toy2dBackend(DiffusionBackend):
 
     # -- adapter --------------------------------------------------------------------------------
     def add_lora(self, rank: int, alpha: float | None = None, seed: int = 0) -> None:
-        """Inject LoRA (r = rank, lora_alpha = alpha or rank) into every nn.Linear; B = 0."""
-        if self._lora_config is not None:
+        """Wrap every nn.Linear in a LoRALinear (r = rank, α = alpha or rank, B = 0)."""
+        if self._lora is not None:
             raise RuntimeError("this backend already has a LoRA adapter")
-        config = LoraConfig(
-            r=rank,
-            lora_alpha=rank if alpha is None else alpha,
-            target_modules=linear_layer_names(self.model),
-            init_lora_weights=True,  # A Kaiming-uniform, B = 0: θ starts equal to the prior
-        )
-        # seed only A's initialisation, leaving the caller's global RNG stream untouched
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            inject_adapter_in_model(config, self.model)
+        generator = torch.Generator().manual_seed(seed)  # A's initialisation, apart from the global stream
+        alpha = float(rank if alpha is None else alpha)
+        layers = self.model.net
+        for index, module in enumerate(layers):
+            if isinstance(module, nn.Linear):
+                layers[index] = LoRALinear(module, rank, alpha, generator)
         self.model.to(self._device)
-        # peft already freezes non-adapter weights; be explicit, since that is the contract
-        for name, param in self.model.named_parameters():
-            param.requires_grad_("lora_" in name)
-        self._lora_config = config
-        self._adapter_enabled = True
+        self._lora = {"r": rank, "lora_alpha": alpha}
+        self.set_adapter_enabled(True)
+
+    def _lora_layers(self) -> list[LoRALinear]:
+        return [m for m in self.model.modules() if isinstance(m, LoRALinear)]
 
     def lora_parameters(self) -> list[nn.Parameter]:
-        return [p for name, p in self.model.named_parameters() if "lora_" in name]
+        return [p for layer in self._lora_layers() for p in (layer.lora_A, layer.lora_B)]
 
     @property
     def adapter_enabled(self) -> bool:
         return self._adapter_enabled
 
     def set_adapter_enabled(self, enabled: bool) -> None:
-        if self._lora_config is None:
+        if self._lora is None:
             if enabled:
                 raise RuntimeError("no LoRA adapter to enable: call add_lora or load_lora first")
             return
-        # peft's enable_adapters also flips the LoRA weights' requires_grad; a prior evaluation
-        # must not change what trains, so restore the flags afterwards
-        trainable = {name: p.requires_grad for name, p in self.model.named_parameters()}
-        for module in self.model.modules():
-            if isinstance(module, BaseTunerLayer):
-                module.enable_adapters(enabled)
-        for name, param in self.model.named_parameters():
-            param.requires_grad_(trainable[name])
+        for layer in self._lora_layers():
+            layer.enabled = enabled
         self._adapter_enabled = enabled
 
     def save_lora(self, directory: str | Path) -> Path:
         """Write ``adapter_model.safetensors`` and ``adapter_config.json``; returns the weights."""
-        if self._lora_config is None:
+        if self._lora is None:
             raise RuntimeError("no LoRA adapter to save")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {
-            k: v.detach().cpu().contiguous()
-            for k, v in get_peft_model_state_dict(self.model).items()
-        }
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items() if "lora_" in k}
         save_file(state, str(directory / ADAPTER_WEIGHTS_NAME))
-        self._lora_config.save_pretrained(str(directory))
+        (directory / ADAPTER_CONFIG_NAME).write_text(json.dumps(self._lora))
         return directory / ADAPTER_WEIGHTS_NAME
 
     def load_lora(self, directory: str | Path) -> None:
         """Restore an adapter written by ``save_lora`` (adding one of its rank if none exists)."""
         directory = Path(directory)
-        saved = LoraConfig.from_pretrained(str(directory))
-        if self._lora_config is None:
-            self.add_lora(saved.r, saved.lora_alpha)
-        elif (saved.r, saved.lora_alpha) != (self._lora_config.r, self._lora_config.lora_alpha):
-            raise ValueError(
-                f"saved adapter has r={saved.r}, alpha={saved.lora_alpha}; this backend's has "
-                f"r={self._lora_config.r}, alpha={self._lora_config.lora_alpha}"
-            )
+        saved = json.loads((directory / ADAPTER_CONFIG_NAME).read_text())
+        if self._lora is None:
+            self.add_lora(saved["r"], saved["lora_alpha"])
+        elif saved != self._lora:
+            raise ValueError(f"saved adapter has {saved}; this backend's has {self._lora}")
         state = load_file(str(directory / ADAPTER_WEIGHTS_NAME), device=str(self._device))
-        result = set_peft_model_state_dict(self.model, state)
-        # missing base-layer keys are expected (the adapter file lacks them); LoRA ones are not
-        missing = [k for k in result.missing_keys if "lora_" in k]
-        if missing or result.unexpected_keys:
-            raise ValueError(
-                f"adapter mismatch: missing {missing}, unexpected {result.unexpected_keys}"
-            )
+        own = {k for k in self.model.state_dict() if "lora_" in k}
+        if set(state) != own:
+            raise ValueError(f"adapter mismatch: missing {sorted(own - set(state))}, unexpected {sorted(set(state) - own)}")
+        self.model.load_state_dict(state, strict=False)

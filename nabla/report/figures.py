@@ -43,12 +43,27 @@ METHOD_LABELS = {
     "refl": "ReFL",
 }
 
-#: toy2d curves: (eval_log column, axis label, log scale)
-TOY2D_CURVES = (
-    ("energy_distance_target", "energy distance to exact target", True),
-    ("mass_tv_target", "mode-mass TV to exact target", False),
-    ("eval_reward_mean", "mean reward", False),
-)
+#: the dense-evaluation panels: (curves column, axis label, log scale)
+CURVE_PANELS = {
+    "toy2d": (
+        ("reward_mean", "mean reward", False),
+        ("energy_distance_target", "energy distance to p#·exp(βr)", True),
+        ("energy_distance_own_target", "energy distance to own target", True),
+        ("mass_tv_target", "mode-mass TV to p#·exp(βr)", False),
+    ),
+    "images": (
+        ("reward_mean", "mean reward", False),
+        ("diversity", "diversity (mean pairwise distance)", False),
+        ("fid_to_prior", "FID to the prior", False),
+    ),
+}
+#: the matched-reward frontiers: reward (x) against these divergences (y) along training
+FRONTIER_PANELS = {
+    "toy2d": (("energy_distance_target", "energy distance to p#·exp(βr)", True),
+              ("energy_distance_prior", "energy distance to the prior", True)),
+    "images": (("diversity", "diversity (mean pairwise distance)", False),
+               ("fid_to_prior", "FID to the prior", False)),
+}
 
 
 def ordered(methods: Sequence[str]) -> list[str]:
@@ -78,24 +93,29 @@ def _limits(values: pd.Series, log: bool) -> tuple[float, float]:
     return low - margin, high + margin
 
 
-def curve_figure(curves: pd.DataFrame, panels=TOY2D_CURVES, title: str = ""):
-    """Mean ± std over seeds of each panel's metric, against update (top) and seconds (bottom).
+def curve_figure(curves: pd.DataFrame, panels, title: str = ""):
+    """Mean ± std over seeds of each panel's metric, against trajectories seen (top) and training
+    seconds (bottom).
 
     Axes are scaled to the methods that did not diverge; a method with a diverged run (marked
     in the legend) is drawn as its mean alone, which leaves the axes where it blows up.
     """
     diverged = curves.groupby("method")["diverged"].any() if "diverged" in curves else pd.Series(dtype=bool)
+    panels = [p for p in panels if p[0] in curves and curves[p[0]].notna().any()]
     fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 7), squeeze=False)
-    for row, x in enumerate(("step", "seconds")):
+    for row, x in enumerate(("trajectories", "seconds")):
         for col, (column, label, log) in enumerate(panels):
             ax = axes[row, col]
             shown = []
             for method in ordered(curves["method"]):
                 group = curves[curves["method"] == method]
-                stats = group.groupby("step").agg(
-                    mean=(column, "mean"), std=(column, lambda v: v.std(ddof=0)), seconds=("seconds", "mean")
-                )
-                xs = stats.index if x == "step" else stats["seconds"]
+                if group[column].isna().all():
+                    continue
+                stats = group.groupby("round").agg(
+                    mean=(column, "mean"), std=(column, lambda v: v.std(ddof=1)), seconds=("seconds", "mean"),
+                    trajectories=("trajectories", "mean"),
+                ).fillna({"std": 0.0})
+                xs = stats[x]
                 color, name = METHOD_COLORS.get(method), METHOD_LABELS.get(method, method)
                 if diverged.get(method, False):
                     ax.plot(xs, stats["mean"], color=color, label=f"{name} (diverged)", lw=1.2, ls="--")
@@ -107,7 +127,7 @@ def curve_figure(curves: pd.DataFrame, panels=TOY2D_CURVES, title: str = ""):
                 ax.set_yscale("log")
             if shown:
                 ax.set_ylim(*_limits(pd.concat(shown), log))
-            ax.set_xlabel("update" if x == "step" else "training seconds")
+            ax.set_xlabel("trajectories seen" if x == "trajectories" else "training seconds")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
@@ -182,37 +202,6 @@ def toy2d_samples_figure(records: Sequence[dict], extent: float = 7.0, title: st
     return fig
 
 
-def seed_records(results: Path, methods: Sequence[str], reward: str, seed: int) -> list[dict]:
-    """The metrics JSONs of one seed's runs (and the prior's row), in the methods' fixed order."""
-    paths = [results / "metrics" / reward / method / f"seed{seed}.json" for method in ordered(methods)]
-    return [json.loads(path.read_text()) for path in paths if path.exists()]
-
-
-def toy2d_figures(results: str | Path, seed: int = 0) -> list[Path]:
-    """Every toy2d figure from results/toy2d/{summary.csv, curves.csv, metrics/}."""
-    results = Path(results)
-    summary = pd.read_csv(results / "summary.csv")
-    curves = pd.read_csv(results / "curves.csv")
-    written: list[Path] = []
-    for reward in summary["reward"].unique():
-        beta = summary.loc[summary["reward"] == reward, "beta"].iloc[0]
-        target = f"exact target p#·exp({beta:g}·r), reward {reward}"
-        figures = results / "figures"
-        written += save(curve_figure(curves[curves["reward"] == reward], title=target), figures / f"curves_{reward}")
-        written += save(
-            tradeoff_figure(summary[summary["reward"] == reward], "energy_distance_prior", "reward_mean",
-                            "energy distance to the prior (toy analogue of FID-to-prior)", "mean reward", target),
-            figures / f"tradeoff_{reward}",
-        )
-        records = seed_records(results, summary.loc[summary["reward"] == reward, "method"], reward, seed)
-        written += save(toy2d_samples_figure(records, title=f"{target}; seed {seed}"), figures / f"samples_{reward}")
-    return written
-
-
-#: image scales' curves: only the reward is evaluated during training (diversity and FID at the end)
-IMAGE_CURVES = (("eval_reward_mean", "mean held-out reward", False),)
-
-
 def image_samples_figure(records: Sequence[dict], title: str = ""):
     """One row per method: its evaluation images of the same prompts and seeds (the same noise)."""
     from nabla.report.grids import from_png_base64, image_grid
@@ -234,23 +223,68 @@ def image_samples_figure(records: Sequence[dict], title: str = ""):
     return fig
 
 
-def image_figures(results: str | Path, scale: str, seed: int = 0, rewards: Sequence[str] | None = None) -> list[Path]:
-    """The figures of an image scale from results/<scale>/{summary.csv, curves.csv, metrics/}, for
-    every reward there or those in ``rewards``."""
+def frontier_figure(curves: pd.DataFrame, panels, levels: dict | None = None, title: str = ""):
+    """The trade-off along training: mean reward (x) against each divergence (y), one line per
+    method through its seed-mean evaluations (a dot at the start, a marker at the end), the
+    matched-reward levels as vertical lines."""
+    panels = [p for p in panels if p[0] in curves and curves[p[0]].notna().any()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    for ax, (column, label, log) in zip(axes[0], panels):
+        for method in ordered(curves["method"]):
+            stats = curves[curves["method"] == method].groupby("round")[["reward_mean", column]].mean()
+            stats = stats[np.isfinite(stats).all(axis=1)]
+            if stats.empty:
+                continue
+            color = METHOD_COLORS.get(method)
+            ax.plot(stats["reward_mean"], stats[column], color=color, lw=1.5, label=METHOD_LABELS.get(method, method))
+            ax.scatter(stats["reward_mean"].iloc[-1:], stats[column].iloc[-1:], color=color, s=40, edgecolor="black", zorder=3)
+        for fraction, value in ((levels or {}).get("levels") or {}).items():
+            ax.axvline(value, color="black", lw=0.8, ls=":")
+            ax.text(value, 1.0, f" {float(fraction):.0%}", transform=ax.get_xaxis_transform(), fontsize=7, va="top")
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel("mean reward")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def figures(results: str | Path, scale: str, rewards: Sequence[str] | None = None) -> list[Path]:
+    """Every figure of one protocol's results folder (summary.csv, curves.csv, levels.json and,
+    where the runs were evaluated at the end, samples.json), for every reward there or ``rewards``:
+    curves, frontier, end-of-budget trade-off and samples (PNG and PDF under figures/)."""
     results = Path(results)
     summary = pd.read_csv(results / "summary.csv")
     curves = pd.read_csv(results / "curves.csv")
+    levels = json.loads((results / "levels.json").read_text())
+    samples = json.loads((results / "samples.json").read_text()) if (results / "samples.json").exists() else {}
+    group = "toy2d" if scale == "toy2d" else "images"
+    split = "evaluation" if (curves["split"] == "evaluation").any() else "validation"
     written: list[Path] = []
-    figures = results / "figures"
-    for reward in rewards or summary["reward"].unique():
-        if reward not in set(summary["reward"]):
-            raise ValueError(f"{results / 'summary.csv'} holds no run of reward '{reward}'")
-        rows = summary[summary["reward"] == reward]
-        title = f"{scale}, reward {reward}, held-out prompts"
-        written += save(curve_figure(curves[curves["reward"] == reward], IMAGE_CURVES, title), figures / f"curves_{reward}")
-        for column, label in (("diversity", "diversity (mean pairwise distance)"), ("fid_to_prior", "FID to the prior")):
-            fig = tradeoff_figure(rows, column, "reward_mean", label, "mean reward", title)
-            written += save(fig, figures / f"tradeoff_{column}_{reward}")
-        records = seed_records(results, rows["method"], reward, seed)
-        written += save(image_samples_figure(records, f"{title}; run seed {seed}"), figures / f"samples_{reward}")
+    figures_dir = results / "figures"
+    for reward in rewards or sorted(curves["reward"].unique()):
+        if reward not in set(curves["reward"]):
+            raise ValueError(f"{results / 'curves.csv'} holds no run of reward '{reward}'")
+        title = f"{scale} ({results.name}), reward {reward}, {split} split"
+        runs = curves[(curves["reward"] == reward) & (curves["split"] == split)]
+        written += save(curve_figure(runs, CURVE_PANELS[group], title), figures_dir / f"curves_{reward}")
+        written += save(frontier_figure(runs, FRONTIER_PANELS[group], levels.get(reward), title),
+                        figures_dir / f"frontier_{reward}")
+        finished = summary[(summary["reward"] == reward)]
+        if reward in samples:
+            x, xlabel = (("energy_distance_prior", "energy distance to the prior (toy analogue of FID-to-prior)")
+                         if scale == "toy2d" else ("fid_to_prior", "FID to the prior"))
+            written += save(tradeoff_figure(finished, x, "reward_mean", xlabel, "mean reward", f"{title}, end of budget"),
+                            figures_dir / f"tradeoff_{reward}")
+            draw = toy2d_samples_figure if scale == "toy2d" else image_samples_figure
+            written += save(draw(samples[reward], title=f"{title}; run seed 0"), figures_dir / f"samples_{reward}")
     return written
+
+
+def figure_names(scale: str, rewards: Sequence[str], evaluated: bool = True) -> list[str]:
+    """The files ``figures`` writes (for the workflow's outputs), relative to the results folder."""
+    kinds = ("curves", "frontier", "tradeoff", "samples") if evaluated else ("curves", "frontier")
+    return [f"figures/{k}_{r}.{e}" for k in kinds for r in rewards for e in ("png", "pdf")]

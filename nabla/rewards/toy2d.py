@@ -36,6 +36,10 @@ class _ClosedFormReward(Reward):
         """The target exp(β r(x)) / Z without the prior (ValueError when not normalisable)."""
         return toy2d.reward_only_target(self.closed_form, beta)
 
+    def expected(self, mixture: GaussianMixture) -> float:
+        """E[r(x)] under a mixture, exactly (the matched-reward levels' reference)."""
+        return toy2d.expected_reward(mixture, self.closed_form)
+
 
 @register_reward
 class Linear(_ClosedFormReward):

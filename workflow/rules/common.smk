@@ -1,15 +1,65 @@
-# Shared paths and helpers of the rules.
+# Shared paths and helpers of the rules, and the config's validation before any job is planned.
+#
+# Layout: everything the DAG computes lives under the git-ignored runs/ tree:
+#   runs/<scale>/...                     priors, models, run folders (checkpoints, logs, weights)
+#   runs/records/<scale>/<protocol>/...  one record per job (its runs' curves and final metrics)
+#   runs/results/<scale>/...             the scale's results (tables, figures, selection)
+#   runs/published/<scale>.json          the last step: runs/results/<scale> copied to results/<scale>
+# The committed results/ are never a rule's output, so a missing or unfinished run always makes
+# the publish step out of date, and `snakemake figures` redraws results/ from results/ alone.
+import json
+import math
 import os
 
+import jsonschema
 from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
 
-RUNS = "runs"  # heavy per-run outputs (models, checkpoints): git-ignored
+RUNS = "runs"
+TREE = f"{RUNS}/results"  # what the DAG computes; published to results/
 ENV = "../../environment.yml"  # relative to this rules folder
+CHECKED = f"{RUNS}/checked/config.ok"  # every run's config resolves (check_config)
+
+
+def validate_config(config, schema_path):
+    """Every schema violation of the config at once, each with its path; then the schema's defaults.
+    Where the Snakemake process can import the package, every run's training config is resolved
+    too (nabla.workflow_check), so `snakemake -n` already names a bad training config, and this
+    returns True; elsewhere (--use-conda) the check_config job does it before any compute job."""
+    import yaml
+
+    schema = yaml.safe_load(open(schema_path))
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path))
+    if errors:
+        lines = [f"  - {'.'.join(map(str, e.path)) or '(top level)'}: {e.message}" for e in errors]
+        raise WorkflowError("the workflow config has problems:\n" + "\n".join(lines))
+    validate(config, schema_path)  # fills in the defaults
+    try:
+        from nabla.workflow_check import check_workflow_config
+    except ImportError:
+        return False
+    problems = check_workflow_config(config)
+    if problems:
+        raise WorkflowError("the runs' training configs have problems:\n" + "\n".join(f"  - {p}" for p in problems))
+    return True
+
+
+def checked():
+    """A compute job's input that orders it after the config check: none where the check ran at DAG
+    build; else the check_config job's marker (ancient: a re-check after an edit reruns nothing).
+    (A Snakemake quirk: while the marker is being made, the jobs after it are not checked for their
+    own reasons to rerun; under --use-conda the command after an edit may then run the check alone.)"""
+    return [] if CHECKED_AT_BUILD else [ancient(CHECKED)]
 
 
 wildcard_constraints:
     scale="toy2d|tiny|sd15",
-    seed=r"\d+",
+    tree="runs/results|results",
+
+
+def folder_of(name):
+    """A params function: the folder holding the rule's output (or input) file `name`."""
+    return lambda wildcards, input, output: os.path.dirname(output.get(name) or input.get(name))
 
 
 def all_cores(cluster_threads=8):
@@ -21,13 +71,14 @@ def all_cores(cluster_threads=8):
         return cluster_threads
 
 
+def gpus(wildcards):
+    """A training, sampling or evaluation job's GPUs: one at sd15, none at the CPU scales."""
+    return int(wildcards.scale == "sd15")
+
+
+# -- priors and models ----------------------------------------------------------------------------
 def prior_dir(scale):
     return f"{RUNS}/{scale}/prior"
-
-
-def folder_of(name):
-    """A params function: the folder holding the rule's output (or input) file `name`."""
-    return lambda wildcards, input, output: os.path.dirname(output.get(name) or input.get(name))
 
 
 def prior_marker(scale):
@@ -38,76 +89,110 @@ def prior_marker(scale):
     return f"{prior_dir(scale)}/" + ("config.json" if scale == "toy2d" else "model_index.json")
 
 
-def model_option(scale):
-    """The train command's --model: the prior pretrained here; sd15's comes from its train config."""
-    return "" if scale == "sd15" else f"--model {prior_dir(scale)}"
-
-
-def gpus(wildcards):
-    """A training, sampling or evaluation job's GPUs: one at sd15, none at the CPU scales."""
-    return int(wildcards.scale == "sd15")
-
-
-def budget_options(scale):
-    """The train command's overrides of the scale's train_config (its `budget`)."""
-    flags = {"updates": "--updates", "trajectories_per_round": "--trajectories"}
-    return " ".join(f"{flags[k]} {v}" for k, v in config[scale].get("budget", {}).items())
-
-
 REWARD_MODEL = f"{RUNS}/tiny/reward/emoji_classifier.safetensors"  # the learned reward (emoji_class)
 FEATURES = f"{RUNS}/tiny/features/emoji_classifier.safetensors"  # the tiny evaluation network
 
 
-def metric_files(scale):
-    """Every run's metrics file of a scale, plus the prior's reference row per (reward, seed)."""
+def model_option(scale):
+    """The run command's --model: the prior pretrained here; sd15's comes from its train config."""
+    return "" if scale == "sd15" else f"--model {prior_dir(scale)}"
+
+
+def run_models(wildcards):
+    """What a run loads besides the prior: the learned reward, and the tiny evaluation network."""
+    return ([REWARD_MODEL] if wildcards.reward == "emoji_class" else []) + (
+        [FEATURES] if wildcards.scale == "tiny" else [])
+
+
+# -- the grid of runs, in jobs --------------------------------------------------------------------
+def budget_options(scale):
+    """The run command's overrides of the scale's train_config (its `budget`)."""
+    flags = {"rounds": "--rounds", "trajectories_per_round": "--trajectories"}
+    return " ".join(f"{flags[k]} {v}" for k, v in config[scale].get("budget", {}).items())
+
+
+def chunks(items, size):
+    """`items` in jobs of `size` (0: all in one job)."""
+    size = size or len(items)
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def groups(scale, protocol):
+    """A job's runs as a wildcard: `s0-1-2` (seeds) or `p0-1-2-3` (tuning grid points)."""
     c = config[scale]
-    methods = ["pretrained"] + list(c["methods"])
-    return expand(f"results/{scale}/metrics/{{reward}}/{{method}}/seed{{seed}}.json",
-                  reward=c["rewards"], method=methods, seed=c["seeds"])
+    if protocol == "tune":
+        return ["p" + "-".join(map(str, g)) for g in chunks(list(range(c["tune"]["runs_per_method"])), c["runs_per_job"])]
+    return ["s" + "-".join(map(str, g)) for g in chunks(list(c["seeds"]), c["runs_per_job"])]
 
 
-def run_dones(scale):
+def group_members(group):
+    return group[1:].replace("-", " ")
+
+
+def records(scale, protocol, reward=None):
     c = config[scale]
-    return expand(f"{RUNS}/{scale}/{{reward}}/{{method}}/seed{{seed}}/done.json",
-                  reward=c["rewards"], method=c["methods"], seed=c["seeds"])
+    return expand(f"{RUNS}/records/{scale}/{protocol}/{{reward}}/{{method}}/{{group}}.json",
+                  reward=[reward] if reward else c["rewards"], method=c["methods"], group=groups(scale, protocol))
 
 
-def evaluation_models(scale):
-    """Models an evaluation reads besides the run: the feature network at tiny."""
-    return [FEATURES] if scale == "tiny" else []
+def prior_records(scale):
+    return expand(f"{RUNS}/records/{scale}/prior/{{reward}}.json", reward=config[scale]["rewards"])
+
+
+def shared_settings(scale, protocol):
+    """Settings of every run that the workflow decides (JSON for `nabla runs --set`): the tiny
+    evaluation network of the dense diversity and FID; tuning runs measure the validation split only."""
+    settings = {}
+    if scale == "tiny":
+        settings["eval_features"] = f"emoji={os.path.dirname(FEATURES)}"
+    if scale == "sd15":
+        settings.update(eval_features=config[scale]["evaluation"]["features"],
+                        eval_fid_features=config[scale]["evaluation"]["fid_features"])
+    if protocol == "tune":
+        settings["eval_splits"] = ["validation"]
+    return json.dumps(settings)
 
 
 def evaluation_options(scale):
     e = config[scale]["evaluation"]
     if scale == "toy2d":
-        return f"--beta {e['beta']} --samples {e['samples']}"
+        return f"--samples {e['samples']}"
     if scale == "tiny":
         return f"--features emoji={os.path.dirname(FEATURES)} --samples {e['samples']}"
     return f"--features {e['features']} --fid-features {e['fid_features']} --samples {e['samples']}"
 
 
-def image_figure_files(scale):
-    """An image scale's figures; scale "{scale}" (a wildcard) gives the patterns of one rule for all."""
-    kinds = ["curves", "tradeoff_diversity", "tradeoff_fid_to_prior", "samples"]
-    rewards = ["{reward}"] if scale == "{scale}" else config[scale]["rewards"]
-    return expand(f"results/{scale}/figures/{{kind}}_{{reward}}.{{ext}}", kind=kinds, reward=rewards,
-                  ext=["png", "pdf"], allow_missing=True)
+# -- results --------------------------------------------------------------------------------------
+PROTOCOL_FILES = ("summary.csv", "curves.csv", "levels.json", "matched.csv", "matched.md", "matched.tex",
+                  "table.md", "table.tex", "samples.json")
+FIGURE_KINDS = ("curves", "frontier", "tradeoff", "samples")
 
 
-def toy2d_figure_files():
-    return expand("results/toy2d/figures/{kind}_{reward}.{ext}", kind=["curves", "tradeoff", "samples"],
-                  reward=config["toy2d"]["rewards"], ext=["png", "pdf"])
+def main_protocols(scale):
+    return [p for p in config[scale]["protocols"] if p != "tune"]
+
+
+def tunes(scale):
+    """Whether the scale's tuning runs and selection are computed (`tune`, or `tuned`, which uses them)."""
+    return bool({"tune", "tuned"} & set(config[scale]["protocols"]))
+
+
+def figure_files(tree, scale, protocol):
+    return expand(f"{tree}/{scale}/{protocol}/figures/{{kind}}_{{reward}}.{{ext}}", kind=FIGURE_KINDS,
+                  reward=config[scale]["rewards"], ext=["png", "pdf"])
+
+
+def scale_results(scale):
+    """Everything the DAG computes into runs/results/<scale> (what publish copies)."""
+    files = [f"{TREE}/{scale}/{p}/{name}" for p in main_protocols(scale) for name in PROTOCOL_FILES]
+    files += [f for p in main_protocols(scale) for f in figure_files(TREE, scale, p)]
+    if tunes(scale):
+        files += [f"{TREE}/{scale}/selected.yaml"] + [f"{TREE}/{scale}/tune/{name}" for name in PROTOCOL_FILES]
+    if scale == "tiny":
+        files.append(f"{TREE}/tiny/prior_samples.png")
+    return files
 
 
 def all_targets():
-    """What `all` builds for the scales in config["scales"] (rules are defined by the time it runs)."""
-    scales, targets = config["scales"], []
-    if "toy2d" in scales:
-        targets += [rules.toy2d_tables.output, rules.toy2d_figures.output]
-    if "tiny" in scales:
-        targets.append("results/tiny/prior_samples.png")
-        if config["tiny"]["methods"]:  # [] leaves the tiny comparison out
-            targets += ["results/tiny/table.md"] + image_figure_files("tiny")
-    if "sd15" in scales:
-        targets += ["results/sd15/table.md"] + image_figure_files("sd15")
-    return targets
+    """What `all` builds: each scale of config["scales"] computed and published."""
+    return expand(f"{RUNS}/published/{{scale}}.json", scale=config["scales"])

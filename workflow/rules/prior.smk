@@ -1,4 +1,23 @@
-# Pretrain the tiny prior on OpenMoji and draw its sample grid.
+# Every scale's prior: the toy2d MLP, the tiny SD-shaped pipeline (with its sample grid), and
+# sd15's models looked up in the local Hugging Face cache.
+
+
+rule pretrain_toy2d_prior:
+    input:
+        checked(),
+    output:
+        model=f"{prior_dir('toy2d')}/config.json",
+    log:
+        "logs/toy2d/pretrain_prior.log",
+    params:
+        out=folder_of("model"),
+        prior=config["toy2d"]["prior"],
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "python -m nabla pretrain --scale toy2d --out {params.out} --seed {params.prior[seed]}"
+        " --steps {params.prior[steps]} --threads {threads} > {log} 2>&1"
 
 
 rule render_openmoji:
@@ -14,7 +33,8 @@ rule render_openmoji:
 
 rule pretrain_tiny_prior:
     input:
-        rules.render_openmoji.output,
+        data=rules.render_openmoji.output,
+        checked=checked(),
     output:
         model=f"{prior_dir('tiny')}/model_index.json",
         losses=f"{prior_dir('tiny')}/pretrain_log.csv",
@@ -29,16 +49,16 @@ rule pretrain_tiny_prior:
     conda:
         ENV
     shell:
-        "python -m nabla pretrain --scale tiny --out {params.out} --data-cache {input}"
+        "python -m nabla pretrain --scale tiny --out {params.out} --data-cache {input.data}"
         " --seed {params.prior[seed]} --vae-steps {params.prior[vae_steps]}"
-        " --unet-steps {params.prior[unet_steps]} --threads {threads} 2>&1 | tee {log}"
+        " --unet-steps {params.prior[unet_steps]} --threads {threads} --no-progress > {log} 2>&1"
 
 
 rule prior_samples:
     input:
         model=rules.pretrain_tiny_prior.output.model,
     output:
-        report("results/tiny/prior_samples.png", caption="../report/prior_samples.rst", category="tiny"),
+        report(f"{TREE}/tiny/prior_samples.png", caption="../report/prior_samples.rst", category="tiny"),
     log:
         "logs/tiny/prior_samples.log",
     params:
@@ -53,38 +73,21 @@ rule prior_samples:
         " --credit --out {output} --threads {threads} > {log} 2>&1"
 
 
-# The tiny scale's two OpenMoji CNNs: the learned reward and, apart from it, the evaluation features.
-rule train_tiny_reward:
+# sd15 loads SD 1.5 and the reward models from the local Hugging Face cache: this job fails at
+# once, naming every missing model and the command that fetches them, before any GPU job starts.
+rule check_sd15_models:
     input:
-        rules.render_openmoji.output,
+        config=config["sd15"]["train_config"],
+        checked=checked(),
     output:
-        model=REWARD_MODEL,
+        prior_marker("sd15"),
     log:
-        "logs/tiny/train_reward.log",
+        "logs/sd15/check_models.log",
     params:
-        out=folder_of("model"),
-        model=config["tiny"]["reward_model"],
-    threads: 1
+        features=" ".join(f"--features {config['sd15']['evaluation'][k]}" for k in ("features", "fid_features")),
+        rewards=" ".join(f"--reward {r}" for r in config["sd15"]["rewards"]),
     conda:
         ENV
     shell:
-        "python -m nabla train-reward --out {params.out} --data-cache {input} --seed {params.model[seed]}"
-        " --steps {params.model[steps]} --threads {threads} > {log} 2>&1"
-
-
-rule train_tiny_features:
-    input:
-        rules.render_openmoji.output,
-    output:
-        model=FEATURES,
-    log:
-        "logs/tiny/train_features.log",
-    params:
-        out=folder_of("model"),
-        model=config["tiny"]["features"],
-    threads: 1
-    conda:
-        ENV
-    shell:
-        "python -m nabla train-features --out {params.out} --data-cache {input} --seed {params.model[seed]}"
-        " --steps {params.model[steps]} --threads {threads} > {log} 2>&1"
+        "python -m nabla fetch-models --check --config {input.config} {params.rewards} {params.features}"
+        " > {output} 2> {log}"

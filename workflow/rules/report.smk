@@ -1,119 +1,65 @@
-# Aggregate per-run metrics into the summary CSV and mean ± std tables.
+# A protocol's records → its tables and figures (runs/results), then each scale published to
+# results/. `snakemake figures` redraws the committed results/ from results/ alone.
 
 
-rule toy2d_tables:
+rule aggregate:
     input:
-        metric_files("toy2d"),
+        groups=lambda w: records(w.scale, w.protocol),
+        priors=lambda w: prior_records(w.scale) if w.protocol != "tune" else [],
     output:
-        summary="results/toy2d/summary.csv",
-        table=multiext("results/toy2d/table", ".md", ".tex"),
-        masses=multiext("results/toy2d/table_masses", ".md", ".tex"),
-    log:
-        "logs/toy2d/tables.log",
-    params:
-        stem=lambda w, output: os.path.splitext(output.table[0])[0],
-    conda:
-        ENV
-    shell:
-        "python -m nabla aggregate --metrics {input} --summary {output.summary} --table {params.stem}"
-        " --columns reward_mean energy_distance_target mass_tv_target energy_distance_prior"
-        " --vector-columns masses --title 'toy2d, exact target p#·exp(βr)' > {log} 2>&1"
-
-
-rule curves:
-    input:
-        lambda w: run_dones(w.scale),
-    output:
-        "results/{scale}/curves.csv",
-    log:
-        "logs/{scale}/curves.log",
-    params:
-        runs=lambda w, input: [os.path.dirname(f) for f in input],
-    conda:
-        ENV
-    shell:
-        "python -m nabla curves --runs {params.runs} --out {output} > {log} 2>&1"
-
-
-# Figures read only results/ (committed), so `snakemake figures` redraws them on a fresh clone.
-rule toy2d_figures:
-    input:
-        summary=rules.toy2d_tables.output.summary,
-        curves="results/toy2d/curves.csv",
-        metrics=metric_files("toy2d"),
-    output:
-        [report(f, caption="../report/toy2d_figures.rst", category="toy2d") if f.endswith(".png") else f
-         for f in toy2d_figure_files()],
-    log:
-        "logs/toy2d/figures.log",
-    params:
-        results=lambda w, input: os.path.dirname(input.summary),
-    conda:
-        ENV
-    shell:
-        "python -m nabla figures --scale toy2d --results {params.results} > {log} 2>&1"
-
-
-# tiny and sd15: reward, diversity and FID-to-prior on held-out prompts.
-rule image_tables:
-    input:
-        lambda w: metric_files(w.scale),
-    output:
-        summary="results/{scale}/summary.csv",
-        table=multiext("results/{scale}/table", ".md", ".tex"),
+        [f"{TREE}/{{scale}}/{{protocol}}/{name}" for name in PROTOCOL_FILES],
     wildcard_constraints:
-        scale="tiny|sd15",
+        protocol="release|tuned|tune",
     log:
-        "logs/{scale}/tables.log",
+        "logs/{scale}/{protocol}/aggregate.log",
     params:
-        stem=lambda w, output: os.path.splitext(output.table[0])[0],
+        out=lambda w, output: os.path.dirname(output[0]),
+        priors=lambda w, input: f"--priors {' '.join(input.priors)}" if input.priors else "",
     conda:
         ENV
     shell:
-        "python -m nabla aggregate --metrics {input} --summary {output.summary} --table {params.stem}"
-        " --columns reward_mean diversity fid_to_prior fid_to_prior_pooled"
-        " --title '{wildcards.scale}, held-out prompts' > {log} 2>&1"
+        "python -m nabla aggregate --scale {wildcards.scale} --protocol {wildcards.protocol}"
+        " --groups {input.groups} {params.priors} --out {params.out} > {log} 2>&1"
 
 
-rule image_figures:
+rule figures_of_a_reward:
     input:
-        summary="results/{scale}/summary.csv",
-        curves="results/{scale}/curves.csv",
-        metrics=lambda w: metric_files(w.scale),
+        [f"{{tree}}/{{scale}}/{{protocol}}/{name}" for name in ("summary.csv", "curves.csv", "levels.json", "samples.json")],
     output:
-        [report(f, caption="../report/image_figures.rst", category="{scale}") if f.endswith(".png") else f
-         for f in image_figure_files("{scale}")],
+        [report(f"{{tree}}/{{scale}}/{{protocol}}/figures/{kind}_{{reward}}.{ext}", caption=f"../report/{kind}.rst",
+                category="{scale}", subcategory="{protocol} protocol") if ext == "png" else
+         f"{{tree}}/{{scale}}/{{protocol}}/figures/{kind}_{{reward}}.{ext}"
+         for kind in FIGURE_KINDS for ext in ("png", "pdf")],
     wildcard_constraints:
-        scale="tiny|sd15",
+        protocol="release|tuned",
     log:
-        "logs/{scale}/figures_{reward}.log",
+        "logs/{tree}/{scale}/{protocol}/figures_{reward}.log",
     params:
-        results=lambda w, input: os.path.dirname(input.summary),
+        results=lambda w, input: os.path.dirname(input[0]),
     conda:
         ENV
     shell:
-        "python -m nabla figures --scale {wildcards.scale} --reward {wildcards.reward} --results {params.results}"
+        "python -m nabla figures --scale {wildcards.scale} --results {params.results} --reward {wildcards.reward}"
         " > {log} 2>&1"
 
 
-rule figures:
+rule publish:
     input:
-        rules.toy2d_figures.output,
-        image_figure_files("tiny") if config["tiny"]["methods"] else [],
-
-
-# The benchmark (not part of `all`): `snakemake --cores all bench`; see nabla/bench.py.
-rule bench:
-    input:
-        tiny=prior_marker("tiny"),
-        toy2d=prior_marker("toy2d"),
+        lambda w: scale_results(w.scale),
     output:
-        multiext("results/bench/", "methods.csv", "curves.csv", "sampler.csv", "bench.md",
-                 "reward_toy2d.png", "reward_toy2d.pdf", "reward_tiny.png", "reward_tiny.pdf"),
+        f"{RUNS}/published/{{scale}}.json",
     log:
-        "logs/bench.log",
-    threads: all_cores()
+        "logs/{scale}/publish.log",
+    params:
+        source=lambda w: f"{TREE}/{w.scale}",
+        to=lambda w: f"results/{w.scale}",
     conda:
         ENV
     shell:
-        "python -m nabla bench --scale toy2d tiny --out results/bench --threads {threads} > {log} 2>&1"
+        "python -m nabla publish --source {params.source} --to {params.to} --marker {output} > {log} 2>&1"
+
+
+# Redraw every committed figure from the committed results alone (no run folder, no training).
+rule figures:
+    input:
+        [f for scale in config["scales"] for p in main_protocols(scale) for f in figure_files("results", scale, p)],

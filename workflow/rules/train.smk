@@ -1,59 +1,59 @@
-# Fine-tune a prior: one job per (scale, reward, method, seed).
+# Fine-tune the prior: one job per (scale, protocol, reward, method) and group of seeds, which
+# trains, evaluates and records its runs (`nabla runs`; each run resumable in its own folder).
+# The prior is evaluated once per (scale, reward), from the training config alone.
 
 
-rule pretrain_toy2d_prior:
-    output:
-        model=f"{prior_dir('toy2d')}/config.json",
-    log:
-        "logs/toy2d/pretrain_prior.log",
-    params:
-        out=folder_of("model"),
-        prior=config["toy2d"]["prior"],
-    threads: 1
-    conda:
-        ENV
-    shell:
-        "python -m nabla pretrain --scale toy2d --out {params.out} --seed {params.prior[seed]}"
-        " --steps {params.prior[steps]} --threads {threads} > {log} 2>&1"
-
-
-# sd15 loads SD 1.5 and the reward models from the local Hugging Face cache: this job fails at
-# once, naming every missing model and the command that fetches them, before any GPU job starts.
-rule check_sd15_models:
-    input:
-        config["sd15"]["train_config"],
-    output:
-        prior_marker("sd15"),
-    log:
-        "logs/sd15/check_models.log",
-    params:
-        features=" ".join(f"--features {config['sd15']['evaluation'][k]}" for k in ("features", "fid_features")),
-        rewards=" ".join(f"--reward {r}" for r in config["sd15"]["rewards"]),
-    conda:
-        ENV
-    shell:
-        "python -m nabla fetch-models --check --config {input} {params.rewards} {params.features} > {output} 2> {log}"
-
-
-rule train:
+rule runs:
     input:
         prior=lambda w: prior_marker(w.scale),
         config=lambda w: config[w.scale]["train_config"],
-        reward_model=lambda w: [REWARD_MODEL] if w.reward == "emoji_class" else [],
+        models=run_models,
+        selected=lambda w: [f"{TREE}/{w.scale}/selected.yaml"] if w.protocol == "tuned" else [],
+        checked=checked(),
     output:
-        done=f"{RUNS}/{{scale}}/{{reward}}/{{method}}/seed{{seed}}/done.json",
+        f"{RUNS}/records/{{scale}}/{{protocol}}/{{reward}}/{{method}}/{{group}}.json",
+    wildcard_constraints:
+        protocol="release|tuned",
     log:
-        "logs/{scale}/train/{reward}/{method}/seed{seed}.log",
+        "logs/{scale}/{protocol}/{reward}/{method}/{group}.log",
     params:
-        out=folder_of("done"),
+        root=lambda w: f"{RUNS}/{w.scale}/{w.protocol}/{w.reward}/{w.method}",
+        seeds=lambda w: group_members(w.group),
         model=lambda w: model_option(w.scale),
         budget=lambda w: budget_options(w.scale),
+        settings=lambda w: shared_settings(w.scale, w.protocol),
+        selected=lambda w, input: f"--selected {input.selected[0]}" if input.selected else "",
+        evaluation=lambda w: evaluation_options(w.scale),
     threads: 1
     resources:
         gpu=gpus,
     conda:
         ENV
     shell:
-        "python -m nabla train --method {wildcards.method} --reward {wildcards.reward}"
-        " --seed {wildcards.seed} --config {input.config} {params.model} {params.budget} --out {params.out}"
-        " --on-config-change restart --threads {threads} --no-progress > {log} 2>&1"
+        "python -m nabla runs --scale {wildcards.scale} --protocol {wildcards.protocol}"
+        " --method {wildcards.method} --reward {wildcards.reward} --seeds {params.seeds}"
+        " --config {input.config} {params.model} {params.budget} --set '{params.settings}' {params.selected}"
+        " --root {params.root} --out {output} --evaluate {params.evaluation} --threads {threads} > {log} 2>&1"
+
+
+rule evaluate_prior:
+    input:
+        prior=lambda w: prior_marker(w.scale),
+        config=lambda w: config[w.scale]["train_config"],
+        models=run_models,
+        checked=checked(),
+    output:
+        f"{RUNS}/records/{{scale}}/prior/{{reward}}.json",
+    log:
+        "logs/{scale}/prior/{reward}.log",
+    params:
+        model=lambda w: model_option(w.scale),
+        evaluation=lambda w: evaluation_options(w.scale),
+    threads: 1
+    resources:
+        gpu=gpus,
+    conda:
+        ENV
+    shell:
+        "python -m nabla evaluate-prior --config {input.config} --reward {wildcards.reward} {params.model}"
+        " {params.evaluation} --out {output} --threads {threads} > {log} 2>&1"

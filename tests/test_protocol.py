@@ -1,0 +1,85 @@
+"""The comparison protocol's arithmetic: grids, matched-reward crossings, and the selection rule."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from nabla.data.toy2d import LinearReward, QuadraticReward, circle_mixture, expected_reward, tilt
+from nabla.protocol import at_matched_reward, first_crossing, grid_points, grid_size, level, select, value_at
+
+
+def test_grid_points_are_the_product_in_key_order_with_the_last_fastest():
+    grid = {"lr": [1, 2], "output_reg": [0, 10, 100]}
+    points = grid_points(grid)
+    assert grid_size(grid) == len(points) == 6
+    assert points[:4] == [{"lr": 1, "output_reg": 0}, {"lr": 1, "output_reg": 10}, {"lr": 1, "output_reg": 100},
+                          {"lr": 2, "output_reg": 0}]
+
+
+def test_a_crossing_is_interpolated_between_the_evaluations_around_it():
+    rounds, rewards = [0, 10, 20, 30], [0.0, 1.0, 3.0, 2.0]
+    assert first_crossing(rounds, rewards, 2.0) == pytest.approx(15.0)
+    assert first_crossing(rounds, rewards, 0.0) == 0.0  # the prior is already there
+    assert first_crossing(rounds, rewards, 3.5) is None
+    assert first_crossing([0, 10, 20], [0.0, float("nan"), 5.0], 1.0) is None  # a diverged evaluation ends it
+    assert value_at(rounds, [1.0, 3.0, 5.0, 0.0], 15.0) == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="outside"):
+        value_at(rounds, rewards, 31)
+
+
+def test_metrics_at_matched_reward_are_read_on_the_evaluation_split_at_the_validation_crossing():
+    curves = pd.DataFrame({
+        "round": [0, 10, 0, 10], "trajectories": [0, 100, 0, 100], "seconds": [0, 4, 0, 4],
+        "split": ["validation", "validation", "evaluation", "evaluation"],
+        "reward_mean": [0.0, 1.0, 0.1, 0.9], "energy_distance_target": [1.0, 0.8, 2.0, 1.0],
+    })
+    row = at_matched_reward(curves, 0.25, ["energy_distance_target"])
+    assert row["reached"] and row["round"] == pytest.approx(2.5) and row["trajectories"] == pytest.approx(25.0)
+    assert row["energy_distance_target"] == pytest.approx(1.75)  # evaluation: 2.0 → 1.0, a quarter of the way
+    assert row["reward_mean"] == pytest.approx(0.3)
+    assert at_matched_reward(curves, 1.5, ["energy_distance_target"]) == {"reached": False, "max_reward": 1.0}
+    # a run that only lost reward: its best is its best after the prior (which every run shares)
+    worse = curves.assign(reward_mean=[0.0, -0.5, 0.1, -0.4])
+    assert at_matched_reward(worse, 0.25, [])["max_reward"] == -0.5
+
+
+def test_levels_are_fractions_of_the_way_from_the_prior_to_the_reference():
+    assert level(0.33, 2.87, 0.5) == pytest.approx(1.6)
+    assert level(-2.0, -1.0, 0.75) == pytest.approx(-1.25)
+
+
+def test_expected_rewards_are_exact():
+    prior = circle_mixture()
+    torch = pytest.importorskip("torch")
+    x, _ = prior.sample(400_000, torch.Generator().manual_seed(0))
+    for reward in (LinearReward([1.0, 0.0]), QuadraticReward([0.0, 2.0])):
+        for mixture in (prior, tilt(prior, reward, 0.5)):
+            samples = x if mixture is prior else mixture.sample(400_000, torch.Generator().manual_seed(1))[0]
+            assert expected_reward(mixture, reward) == pytest.approx(reward(samples).mean().item(), abs=0.02)
+
+
+def points(values, reached=(True, True, True, True), fractions=(0.6, 0.7, 0.8, 0.9)):
+    grid = grid_points({"lr": [1, 2], "output_reg": [0, 10]})
+    return [{"point": f"p{k}", "settings": s, "reached": r, "energy_distance_target": v, "fraction": f}
+            for k, (s, v, r, f) in enumerate(zip(grid, values, reached, fractions))]
+
+
+def test_the_rule_takes_the_lowest_divergence_among_points_that_reach_the_level():
+    chosen = select(points([0.5, 0.2, 0.1, 0.3], reached=(True, True, False, True)), "energy_distance_target")
+    assert chosen["point"] == "p1" and chosen["rule"].startswith("lowest")
+    assert chosen["edges"] == {"lr": "low edge of 2 values", "output_reg": "high edge of 2 values"}
+
+
+def test_without_a_point_at_the_level_the_rule_takes_the_one_closest_to_it():
+    nan = math.nan
+    chosen = select(points([nan] * 4, reached=(False,) * 4, fractions=(0.1, 0.4, 0.3, 0.2)), "energy_distance_target")
+    assert chosen["point"] == "p1" and "no point reached" in chosen["rule"]
+
+
+def test_edges_tell_interior_optima_from_those_at_the_grid_edge():
+    grid = [{"point": f"p{k}", "settings": {"lr": lr}, "reached": True, "d": d, "fraction": 1.0}
+            for k, (lr, d) in enumerate(zip([1, 2, 4, 8], [0.4, 0.1, 0.2, 0.3]))]
+    assert select(grid, "d")["edges"] == {"lr": "interior"}
+    grid[0]["d"] = 0.0
+    assert select(grid, "d")["edges"] == {"lr": "low edge"}

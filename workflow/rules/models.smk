@@ -1,0 +1,40 @@
+# The tiny scale's two OpenMoji CNNs: the learned reward (emoji_class) and, apart from it, the
+# evaluation features behind diversity and FID-to-prior.
+
+
+rule train_tiny_reward:
+    input:
+        data=rules.render_openmoji.output,
+        checked=checked(),
+    output:
+        model=REWARD_MODEL,
+    log:
+        "logs/tiny/train_reward.log",
+    params:
+        out=folder_of("model"),
+        model=config["tiny"]["reward_model"],
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "python -m nabla train-reward --out {params.out} --data-cache {input.data} --seed {params.model[seed]}"
+        " --steps {params.model[steps]} --threads {threads} > {log} 2>&1"
+
+
+rule train_tiny_features:
+    input:
+        data=rules.render_openmoji.output,
+        checked=checked(),
+    output:
+        model=FEATURES,
+    log:
+        "logs/tiny/train_features.log",
+    params:
+        out=folder_of("model"),
+        model=config["tiny"]["features"],
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "python -m nabla train-features --out {params.out} --data-cache {input.data} --seed {params.model[seed]}"
+        " --steps {params.model[steps]} --threads {threads} > {log} 2>&1"
