@@ -174,22 +174,23 @@ def check_run_settings(raw: dict) -> list[str]:
             found.append(problem(key, raw.get(key), str(error)))
             raw[key] = ()
     try:
-        cfg = options_from_dict(TrainConfig, raw)
+        options_from_dict(TrainConfig, raw)
     except ConfigError as error:
-        return found + error.problems
+        found += error.problems
+    # the method's and the reward's options are checked even where the TrainConfig has problems
+    method, reward = raw.get("method"), raw.get("reward")
     try:
-        cls = method_class(cfg.method)
-        options_from_dict(cls.Options, cfg.method_options)
+        options_from_dict(method_class(method).Options, raw.get("method_options") or {})
     except ConfigError as error:
-        found += [f"methods.{cfg.method}: {p}" for p in error.problems]
+        found += [f"methods.{method}: {p}" for p in error.problems]
     except ValueError as error:
-        found.append(problem("method", cfg.method, str(error)))
+        found.append(problem("method", method, str(error)))
     try:
-        known = reward_options(reward_class(cfg.reward))
-        found += [f"rewards.{cfg.reward}: unknown option {k!r} (it takes: {', '.join(known) or 'none'})"
-                  for k in sorted(set(cfg.reward_options) - set(known))]
+        known = reward_options(reward_class(reward))
+        found += [f"rewards.{reward}: unknown option {k!r} (it takes: {', '.join(known) or 'none'})"
+                  for k in sorted(set(raw.get("reward_options") or {}) - set(known))]
     except ValueError as error:
-        found.append(problem("reward", cfg.reward, str(error)))
+        found.append(problem("reward", reward, str(error)))
     return found
 
 

@@ -331,7 +331,7 @@ class Trainer:
             )
         for name in ("checkpoint", "final"):
             shutil.rmtree(self.out / name, ignore_errors=True)
-        for name in ("done.json", "train_log.csv", "eval_log.csv"):
+        for name in ("done.json", "metrics.json", "train_log.csv", "eval_log.csv"):
             (self.out / name).unlink(missing_ok=True)
         print(f"config changed ({', '.join(changed)}): restarting {self.out} from scratch")
 
@@ -346,10 +346,14 @@ class Trainer:
         if distributed.any_rank(refused is not None, self.cfg.device):
             raise refused or ConfigChangedError(f"{self.out} holds a run of another config (see rank 0)")
         if (self.out / "done.json").exists():
+            if self.main:
+                print(f"{self.out}: finished before, not trained again")
             return json.loads((self.out / "done.json").read_text())
         resumed = self.load_checkpoint()
         if self.main:
             (self.out / "config.yaml").write_text(config_text)
+            if resumed:
+                print(f"{self.out}: resuming from its checkpoint at round {self.round} (update {self.step})")
         resume_round = self.round if resumed else None
         log = (lambda name: CsvLog(self.out / name, resume_round)) if self.main else (lambda name: NoLog())
         train_log, eval_log = log("train_log.csv"), log("eval_log.csv")

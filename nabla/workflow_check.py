@@ -27,7 +27,7 @@ def _unique(items: list[str]) -> list[str]:
 
 def _by_problem(path: str, found: dict[str, list[str]], runs: int) -> list[str]:
     """One line per problem, naming the runs it concerns unless it is every run's."""
-    return [f"{path}: {problem}" + ("" if len(where) == runs else f" ({', '.join(where)})")
+    return [f"{path}: {problem}" + ("" if len(where) == runs else f" (in {len(where)} of {runs} runs: {'; '.join(where)})")
             for problem, where in found.items()]
 
 
@@ -79,11 +79,17 @@ def check_scale(scale: str, spec: dict[str, Any]) -> list[str]:
         raw = run_settings(path, spec["methods"][0] if spec["methods"] else "residual_nabla_db", reward, 0, **overrides)
         found += [f"{path} ({reward}): {p}" for p in prompt_overlaps(raw)]
     per_run: dict[str, list[str]] = {}
+    runs = 0
+
+    def check(where: str, raw: dict) -> None:
+        nonlocal runs
+        runs += 1
+        for p in check_run_settings(raw):
+            per_run.setdefault(p, []).append(where)
+
     for reward in spec["rewards"]:
         for method in spec["methods"]:
-            for p in check_run_settings(run_settings(path, method, reward, 0, **overrides)):
-                per_run.setdefault(p, []).append(f"{method}, {reward}")
-    found += _by_problem(path, per_run, len(spec["rewards"]) * len(spec["methods"]))
+            check(f"{method}, {reward}", run_settings(path, method, reward, 0, **overrides))
     tune = spec.get("tune")
     tunes = bool({"tune", "tuned"} & set(spec.get("protocols", ())))
     if tunes and not tune:
@@ -100,9 +106,9 @@ def check_scale(scale: str, spec: dict[str, Any]) -> list[str]:
                              "(every method gets the same number of tuning runs)")
             for k, point in enumerate(grid_points(grid)):
                 for reward in spec["rewards"]:
-                    raw = run_settings(path, method, reward, tune["seed"], point, **overrides)
-                    found += [f"{path} ({scale}.tune.grids.{method} point {k} {point}, {reward}): {p}"
-                              for p in check_run_settings(raw)]
+                    check(f"{scale}.tune.grids.{method} point {k} {point}, {reward}",
+                          run_settings(path, method, reward, tune["seed"], point, **overrides))
+    found += _by_problem(path, per_run, runs)
     return _unique(found)
 
 

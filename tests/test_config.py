@@ -107,6 +107,8 @@ def test_the_default_workflow_config_resolves(monkeypatch):
     ({"lr": -1.0, "trajectories_per_round": 0, "lrr": 3},
      ["lr = -1.0", "trajectories_per_round = 0", "unknown key 'lrr'"]),
     ({"methods": {"ddpo": {"clip_rnge": 0.1}}}, ["methods.ddpo: unknown key 'clip_rnge'"]),
+    # a method option's typo is named beside the TrainConfig's own problems
+    ({"lr": -1.0, "methods": {"ddpo": {"clip_rnge": 0.1}}}, ["lr = -1.0", "methods.ddpo: unknown key 'clip_rnge'"]),
 ])
 def test_a_bad_training_config_is_named_with_its_file_and_every_bad_key(tmp_path, monkeypatch, edits, named):
     monkeypatch.chdir(ROOT)
@@ -114,6 +116,8 @@ def test_a_bad_training_config_is_named_with_its_file_and_every_bad_key(tmp_path
     problems = check_workflow_config(workflow_config(train_config=path))
     text = "\n".join(problems)
     assert all(path in p for p in problems) and all(n in text for n in named), text
+    # once each, however many runs share it
+    assert all(sum(n in p for p in problems) == 1 for n in named), text
 
 
 def test_tuning_grids_must_give_every_method_the_same_number_of_runs(monkeypatch):

@@ -9,7 +9,8 @@ import torch
 
 from nabla.data.toy2d import circle_mixture
 from nabla.report.aggregate import aggregate, select_settings
-from nabla.report.figures import METHOD_COLORS, curve_figure, figures, toy2d_samples_figure, tradeoff_figure
+from nabla.report.figures import (METHOD_COLORS, curve_figure, figures, frontier_figure, toy2d_samples_figure,
+                                  tradeoff_figure)
 from nabla.report.tables import end_of_budget_table, mean_std, mean_vector_table, summary_frame
 
 LEVELS = {"prior_reward": 0.0, "target_reward": 2.0}
@@ -161,3 +162,17 @@ def test_tradeoff_axes_are_symlog_only_where_values_span_decades():
     narrow = wide.assign(fid_to_prior=[0.267, 0.206], reward_mean=[1.5, 40.0])  # a diversity; rewards up to 40
     ax = tradeoff_figure(narrow, "fid_to_prior", "reward_mean", "x", "y").axes[0]
     assert ax.get_xscale() == "linear" and ax.get_yscale() == "symlog"
+
+
+def test_the_frontier_shows_the_prior_to_reference_range_and_names_a_method_that_runs_past_it():
+    rows = [{"method": method, "round": r, "reward_mean": reward, "energy_distance_target": 1.0 / (1 + r)}
+            for method, rewards in (("ddpo", (0.0, 1.0, 1.8)), ("draft", (0.0, 1.5, 1e20)))
+            for r, reward in zip((0, 10, 20), rewards)]
+    levels = {"prior_reward": 0.0, "reference_reward": 2.0, "levels": {"0.5": 1.0}}
+    fig = frontier_figure(pd.DataFrame(rows), [("energy_distance_target", "ED", False)], levels)
+    ax = fig.axes[0]
+    assert ax.get_xlim() == pytest.approx((-0.2, 2.2))
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["DDPO", "DRaFT-1 (runs past the range)"]
+    # the y range is that of the evaluations inside the x range (the diverged one's last is not)
+    assert ax.get_ylim()[1] == pytest.approx(1.0 + 0.05 * (1.0 - 1 / 21))

@@ -225,24 +225,41 @@ def image_samples_figure(records: Sequence[dict], title: str = ""):
 
 def frontier_figure(curves: pd.DataFrame, panels, levels: dict | None = None, title: str = ""):
     """The trade-off along training: mean reward (x) against each divergence (y), one line per
-    method through its seed-mean evaluations (a dot at the start, a marker at the end), the
-    matched-reward levels as vertical lines."""
+    method through its seed-mean evaluations (a marker at the end), the matched-reward levels as
+    vertical lines. Where the levels give the prior's and the reference's reward, the axes show
+    that range (with a tenth of it either side), the one matched reward is read in: a method that
+    runs past it (a diverging one) is cut at the edge and says so in the legend."""
     panels = [p for p in panels if p[0] in curves and curves[p[0]].notna().any()]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    window = _reward_window(levels)
     for ax, (column, label, log) in zip(axes[0], panels):
+        shown = []
         for method in ordered(curves["method"]):
             stats = curves[curves["method"] == method].groupby("round")[["reward_mean", column]].mean()
             stats = stats[np.isfinite(stats).all(axis=1)]
             if stats.empty:
                 continue
+            name = METHOD_LABELS.get(method, method)
+            if window is not None:
+                inside = stats["reward_mean"].between(*window)
+                shown.append(stats.loc[inside, column])
+                if (stats["reward_mean"] > window[1]).any():
+                    name += " (runs past the range)"
             color = METHOD_COLORS.get(method)
-            ax.plot(stats["reward_mean"], stats[column], color=color, lw=1.5, label=METHOD_LABELS.get(method, method))
+            ax.plot(stats["reward_mean"], stats[column], color=color, lw=1.5, label=name)
             ax.scatter(stats["reward_mean"].iloc[-1:], stats[column].iloc[-1:], color=color, s=40, edgecolor="black", zorder=3)
         for fraction, value in ((levels or {}).get("levels") or {}).items():
             ax.axvline(value, color="black", lw=0.8, ls=":")
             ax.text(value, 1.0, f" {float(fraction):.0%}", transform=ax.get_xaxis_transform(), fontsize=7, va="top")
         if log:
             ax.set_yscale("log")
+        if window is not None:
+            ax.set_xlim(*window)
+            values = pd.concat(shown) if shown else pd.Series(dtype=float)
+            values = values[values > 0] if log else values
+            if not values.empty:
+                low, high = values.min(), values.max()
+                ax.set_ylim(*((low / 1.5, high * 1.5) if log else (low - 0.05 * (high - low + 1e-12), high + 0.05 * (high - low + 1e-12))))
         ax.set_xlabel("mean reward")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -250,6 +267,16 @@ def frontier_figure(curves: pd.DataFrame, panels, levels: dict | None = None, ti
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def _reward_window(levels: dict | None) -> tuple[float, float] | None:
+    """The prior's to the reference's mean reward, a tenth of that span either side (None where
+    the levels do not give both)."""
+    low, high = (levels or {}).get("prior_reward"), (levels or {}).get("reference_reward")
+    if low is None or high is None or not np.isfinite([low, high]).all() or high <= low:
+        return None
+    pad = 0.1 * (high - low)
+    return low - pad, high + pad
 
 
 def figures(results: str | Path, scale: str, rewards: Sequence[str] | None = None) -> list[Path]:
@@ -271,7 +298,12 @@ def figures(results: str | Path, scale: str, rewards: Sequence[str] | None = Non
         title = f"{scale} ({results.name}), reward {reward}, {split} split"
         runs = curves[(curves["reward"] == reward) & (curves["split"] == split)]
         written += save(curve_figure(runs, CURVE_PANELS[group], title), figures_dir / f"curves_{reward}")
-        written += save(frontier_figure(runs, FRONTIER_PANELS[group], levels.get(reward), title),
+        # the levels are reward values of the validation split (where the crossings are located):
+        # the frontier is drawn on that split, the scale its levels are in
+        level_split = "validation" if (curves["split"] == "validation").any() else split
+        written += save(frontier_figure(curves[(curves["reward"] == reward) & (curves["split"] == level_split)],
+                                        FRONTIER_PANELS[group], levels.get(reward),
+                                        f"{scale} ({results.name}), reward {reward}, {level_split} split"),
                         figures_dir / f"frontier_{reward}")
         finished = summary[(summary["reward"] == reward)]
         if reward in samples:
