@@ -293,6 +293,9 @@ class Trainer:
         plan = self.method.plan(batch, round_generator(cfg.seed, self.round, self.rank))
         round_rewards = distributed.gather_rewards(fresh.rewards)
         logs = {"loss": float("nan")}
+        # the sample std of the round's rewards (0 for a round of one trajectory, not NaN)
+        reward_mean = round_rewards.mean().item()
+        reward_std = round_rewards.std(correction=int(len(round_rewards) > 1)).item()
         for index, microbatches in enumerate(plan):
             lr = self._set_lr((self.round + index / len(plan)) / cfg.rounds)
             logs = self._update(microbatches)
@@ -300,15 +303,15 @@ class Trainer:
             train_log.write({
                 "step": self.step, "round": self.round + 1,
                 "seconds": round(self.elapsed + time.perf_counter() - start, 3), "lr": lr,
-                "train_reward_mean": round_rewards.mean().item(), "train_reward_std": round_rewards.std().item(),
+                "train_reward_mean": reward_mean, "train_reward_std": reward_std,
                 **logs,
             })
         self.round += 1
         self.elapsed += time.perf_counter() - start
         bar.update(1)
         if self.main and (self.round % cfg.log_every == 0 or self.round == cfg.rounds):
-            bar.write(f"round {self.round}/{cfg.rounds} (update {self.step})  reward {round_rewards.mean().item():.4g}"
-                      f" ± {round_rewards.std().item():.3g}  loss {logs['loss']:.4g}")
+            bar.write(f"round {self.round}/{cfg.rounds} (update {self.step})  reward {reward_mean:.4g}"
+                      f" ± {reward_std:.3g}  loss {logs['loss']:.4g}")
         # evaluate, then checkpoint: a resumed run has every evaluation up to its checkpoint
         if self.round == cfg.rounds or (cfg.eval_every and self.round % cfg.eval_every == 0):
             self._log_eval(eval_log)
