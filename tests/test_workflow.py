@@ -218,8 +218,11 @@ def test_a_crash_then_the_main_job_command_again_finishes_the_run_as_if_uninterr
     while not state.exists() and time.time() < deadline and job.poll() is None:
         time.sleep(0.05)
     assert state.exists(), "the run never wrote its first checkpoint"
-    trainer = subprocess.run(["pgrep", "-f", f"nabla runs .*--root {RUN.parent}"], cwd=crashed,
-                             capture_output=True, text=True).stdout.split()
+    # this workflow's training process only: another test's run of the same relative paths may be
+    # running beside it (pytest-xdist), so match the working directory too
+    trainer = [pid for pid in subprocess.run(["pgrep", "-f", f"nabla runs .*--root {RUN.parent}"],
+                                             capture_output=True, text=True).stdout.split()
+               if Path(f"/proc/{pid}/cwd").resolve() == crashed.resolve()]
     assert trainer, "no training process to kill"
     for pid in trainer:
         os.kill(int(pid), signal.SIGKILL)
