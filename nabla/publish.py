@@ -16,18 +16,24 @@ import json
 import shutil
 from pathlib import Path
 
+from nabla.checkpoint import replace_folder
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
 
 def checksums(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _replace(source: Path, target: Path) -> None:
     """``target`` becomes a copy of ``source`` (a file or a folder), copied beside it first."""
-    staging = target.with_name(target.name + ".publishing")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.unlink(missing_ok=True)
-    (shutil.copytree if source.is_dir() else shutil.copy2)(source, staging)
+    if source.is_dir():
+        replace_folder(target, lambda staging: shutil.copytree(source, staging, dirs_exist_ok=True))
+        return
+    staging = target.with_name(target.name + ".tmp")
+    shutil.copy2(source, staging)
     if target.is_dir():
         shutil.rmtree(target)
     staging.replace(target)
@@ -49,7 +55,7 @@ def publish(source: str | Path, to: str | Path, marker: str | Path) -> Path:
         if published.is_dir():
             files.update({f"{entry.name}/{k}": v for k, v in checksums(published).items()})
         else:
-            files[entry.name] = hashlib.sha256(published.read_bytes()).hexdigest()
+            files[entry.name] = sha256(published)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"source": str(source), "published": str(to), "files": files}, indent=1))
     return marker
