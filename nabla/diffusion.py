@@ -91,7 +91,10 @@ def alpha_bars(scheduler, t: torch.Tensor, t_prev: torch.Tensor) -> tuple[torch.
 # --------------------------------------------------------------------------- #
 def _f64(value: Scalar, device=None) -> torch.Tensor:
     """``value`` as a float64 tensor (ᾱ arithmetic is done in float64)."""
-    return torch.as_tensor(value).to(device=device, dtype=torch.float64)
+    # a Python float straight to float64: through torch's default float32 it would lose 29 bits
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=torch.float64)
+    return torch.tensor(value, device=device, dtype=torch.float64)
 
 
 def _bcast(value: Scalar, x: torch.Tensor) -> torch.Tensor:

@@ -337,3 +337,10 @@ def test_set_alpha_to_one_last_step():
     torch.testing.assert_close(mu, sched.step(out, t, x_t, eta=1.0, variance_noise=torch.zeros_like(x_t)).prev_sample)
     with pytest.raises(ValueError, match="deterministic"):
         gaussian_log_prob(mu, mu, std)
+
+
+def test_python_float_coefficients_keep_float64_precision():
+    """A Python float goes to float64 directly (through float32 it would lose 29 bits: 0.9 → 0.8999999762)."""
+    a_t, a_prev = 0.9, 0.95
+    expected = math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+    assert ddim_std(a_t, a_prev, 1.0).item() == pytest.approx(expected, rel=1e-14)
