@@ -141,6 +141,16 @@ class LogFlowCNN(nn.Module):
         return self.head(self.body(h).mean(dim=(2, 3))).squeeze(-1)
 
 
+def build_scalar_network(backend, conditioned: bool, channels: Sequence[int], hidden: int) -> nn.Module:
+    """A zero-initialised scalar network f(x, t, c) on the backend's samples, on its device: the MLP
+    for points, the CNN (prompt-conditioned if asked) for latents. DPOK's value net is one too."""
+    shape = tuple(backend.sample_shape)
+    if len(shape) == 1:
+        return LogFlowMLP(shape[0], hidden=hidden).to(backend.device)
+    cond_dim = backend.encode_prompts([""]).shape[-1] if conditioned else None
+    return LogFlowCNN(shape, channels, cond_dim).to(backend.device)
+
+
 # -- the method -----------------------------------------------------------------------------------
 @dataclass
 class ScaledTransitions:
@@ -167,13 +177,7 @@ class DBGFlowNet(Method):
 
     def __init__(self, options, backend, reward, sampler, total_rounds: int = 1):
         super().__init__(options, backend, reward, sampler, total_rounds)
-        shape = tuple(backend.sample_shape)
-        if len(shape) == 1:
-            self.flow = LogFlowMLP(shape[0], hidden=options.flow_hidden)
-        else:
-            cond_dim = backend.encode_prompts([""]).shape[-1] if options.flow_conditioned else None
-            self.flow = LogFlowCNN(shape, options.flow_channels, cond_dim)
-        self.flow.to(backend.device)
+        self.flow = build_scalar_network(backend, options.flow_conditioned, options.flow_channels, options.flow_hidden)
         self.rounds_done = 0
 
     @property

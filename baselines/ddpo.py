@@ -20,7 +20,16 @@ from typing import Sequence
 import torch
 
 from nabla import diffusion, distributed
-from nabla.methods import LossOutput, Method, Rollouts, Transitions, chunk, gather_transitions, register_method
+from nabla.methods import (
+    LossOutput,
+    Method,
+    Rollouts,
+    Transitions,
+    chunk,
+    gather_transitions,
+    register_method,
+    shuffled_transition_pairs,
+)
 
 STD_EPS = 1e-6  # added to the reward std before dividing, as the release does
 
@@ -146,13 +155,9 @@ class DDPO(Method):
         o = self.options
         advantages = self.advantages(batch.prompts, batch.rewards)
         num_steps = batch.trajectory.timesteps.numel()
-        k = max(1, round(o.transition_fraction * num_steps))
         plan = []
         for _ in range(o.num_inner_epochs):
-            # k random transitions per trajectory, then one shuffle of all (trajectory, step) pairs
-            steps = [torch.randperm(num_steps, generator=generator)[:k] for _ in batch.prompts]
-            pairs = torch.cat([torch.stack([torch.full_like(s, b), s], dim=1) for b, s in enumerate(steps)])
-            pairs = pairs[torch.randperm(len(pairs), generator=generator)]
+            pairs = shuffled_transition_pairs(len(batch.prompts), num_steps, o.transition_fraction, generator)
             for update in chunk(pairs, max(1, -(-len(pairs) // o.updates_per_round))):
                 plan.append([
                     AdvantagedTransitions(gather_transitions(batch, part[:, 0], part[:, 1]), advantages[part[:, 0]])

@@ -7,9 +7,9 @@ rounds through the real :class:`~nabla.trainer.Trainer` and reports, per method:
   memory above the process's level before the method (CUDA: allocated; CPU: resident set);
 * the same time in *denoiser-equivalents*: divided by one forward + backward of the guided
   denoiser (both CFG branches, gradients into the LoRA) at the round's batch, timed in this run;
-* for the transition-based methods, the denoiser passes per trained transition: latent rows
-  through the denoiser forward (a CFG pair counts 2) and vector-Jacobian products back through it,
-  split by adapter on (θ) or off (the prior);
+* the denoiser passes: latent rows through the denoiser forward (a CFG pair counts 2) and
+  vector-Jacobian products back through it, split by adapter on (θ) or off (the prior), per
+  trajectory of a round's collection and, for the transition-based methods, per trained transition;
 * the reward on the held-out prompts against training seconds (a figure).
 
 At the image scales it also times the sampler against diffusers' own
@@ -139,22 +139,28 @@ def denoiser_unit_seconds(backend, batch: int, guidance_scale: float, repeats: i
     return median_seconds(step, repeats)
 
 
-def passes_per_transition(trainer: Trainer) -> dict[str, float] | None:
-    """Denoiser rows and VJP rows per trained transition for one loss + backward (None if the
-    method does not train on transitions)."""
+PASS_KEYS = [f"{d}_rows_{w}" for d in ("forward", "backward") for w in ("theta", "prior")]
+
+
+def denoiser_passes(trainer: Trainer) -> dict[str, float]:
+    """Denoiser rows and VJP rows of a round's collection per trajectory (the rollout, and what a
+    method adds: the prior's forwards of RTB and DPOK's KL return, Adjoint Matching's prior VJPs),
+    and for the transition-based methods those of one loss + backward per trained transition."""
     method = trainer.method
-    batch = trainer._collect()
+    with count_denoiser_passes(trainer.backend) as collected:
+        batch = trainer._collect()
+    passes = {f"collect_{k}_per_trajectory": collected[k] / len(batch.prompts) for k in PASS_KEYS}
     plan = method.plan(batch, round_generator(trainer.cfg.seed, 0))
     micro = plan[0][0]
-    transitions = getattr(micro, "transitions", micro)  # DDPO and DB-GFlowNet wrap theirs
+    transitions = getattr(micro, "transitions", micro)  # most methods wrap theirs
     if not isinstance(transitions, Transitions):
-        return None
+        return passes
     with count_denoiser_passes(trainer.backend) as counts:
         method.loss(micro).loss.backward()
     trainer.optimizer.zero_grad(set_to_none=True)
     n = transitions.x_t.shape[0]
-    keys = [f"{d}_rows_{w}" for d in ("forward", "backward") for w in ("theta", "prior")]
-    return {f"{k}_per_transition": counts[k] / n for k in keys} | {"last_fraction": transitions.is_last.float().mean().item()}
+    return passes | {f"{k}_per_transition": counts[k] / n for k in PASS_KEYS} | {
+        "last_fraction": transitions.is_last.float().mean().item()}
 
 
 # -- the sampler against diffusers' pipeline ----------------------------------------------------
@@ -217,7 +223,7 @@ def bench_method(config: str | Path, method: str, reward: str, rounds: int, eval
     trainer = bench_trainer(config, method, reward, out, device, seed, rounds=rounds, eval_every=eval_every,
                             eval_samples_per_prompt=eval_samples, eval_splits=("evaluation",))
     cfg = trainer.cfg
-    passes = passes_per_transition(trainer)
+    passes = denoiser_passes(trainer)
     with peak_memory(trainer.backend.device) as memory:
         summary = trainer.run()
     train_log = pd.read_csv(out / "train_log.csv")
@@ -228,7 +234,7 @@ def bench_method(config: str | Path, method: str, reward: str, rounds: int, eval
     row = {
         "scale": cfg.scale, "method": method, "reward": reward, "rounds": summary["rounds"], "updates": summary["updates"],
         "trajectories_per_round": cfg.trajectories_per_round, "seconds_per_update": per_update,
-        "peak_memory_mib": memory["mib"], "diverged": "diverged_at" in summary, **(passes or {}),
+        "peak_memory_mib": memory["mib"], "diverged": "diverged_at" in summary, **passes,
     }
     curve = pd.read_csv(out / "eval_log.csv").assign(scale=cfg.scale, method=method, seed=seed, diverged=row["diverged"])
     return row, curve
@@ -274,8 +280,8 @@ def ratios_to(frame: pd.DataFrame, reference: str = "draft") -> pd.Series:
 
 # -- report -------------------------------------------------------------------------------------
 
-PASS_COLUMNS = ("forward_rows_theta_per_transition", "forward_rows_prior_per_transition",
-                "backward_rows_theta_per_transition", "backward_rows_prior_per_transition")
+PASS_COLUMNS = tuple(f"{k}_per_transition" for k in PASS_KEYS)
+COLLECT_COLUMNS = tuple(f"collect_{k}_per_trajectory" for k in PASS_KEYS)
 
 
 def markdown_table(methods: pd.DataFrame, sampler: pd.DataFrame | None) -> str:
@@ -292,19 +298,21 @@ def markdown_table(methods: pd.DataFrame, sampler: pd.DataFrame | None) -> str:
             f"{int(frame['trajectories_per_round'].iloc[0])} trajectories per round",
             "",
             f"Denoiser-equivalent = one guided forward + backward at that batch: {1000 * unit:.1f} ms here.",
-            "Passes = latent rows through the denoiser per trained transition (a CFG pair counts 2), "
-            "forward θ / forward prior / backward θ / backward prior.",
+            "Passes = latent rows through the denoiser (a CFG pair counts 2), forward θ / forward prior / "
+            "backward θ / backward prior: per trajectory of a round's collection (sampling and what the "
+            "method adds to it), and per trained transition of its loss.",
             "",
-            "| method | s / update | × DRaFT-1 | denoiser-equivalents | peak memory (MiB) | passes per transition |",
-            "|---|---|---|---|---|---|",
+            "| method | s / update | × DRaFT-1 | denoiser-equivalents | peak memory (MiB) | passes per collected trajectory "
+            "| passes per transition |",
+            "|---|---|---|---|---|---|---|",
         ]
         for i, row in frame.iterrows():
-            passes = (" / ".join(f"{row[c]:.2g}" for c in PASS_COLUMNS)
-                      if has_values(row, PASS_COLUMNS) else "–")
+            passes = [(" / ".join(f"{row[c]:.2g}" for c in columns) if has_values(row, columns) else "–")
+                      for columns in (COLLECT_COLUMNS, PASS_COLUMNS)]
             lines.append(
                 f"| {METHOD_LABELS.get(row['method'], row['method'])}{' (diverged)' if row['diverged'] else ''} "
                 f"| {row['seconds_per_update']:.3f} | {ratio[i]:.2f} | {row['denoiser_equivalents_per_update']:.1f} "
-                f"| {row['peak_memory_mib']:.0f} | {passes} |"
+                f"| {row['peak_memory_mib']:.0f} | {passes[0]} | {passes[1]} |"
             )
         lines.append("")
     if sampler is not None and len(sampler):

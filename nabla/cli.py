@@ -201,6 +201,14 @@ def cmd_figures(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(map(str, figures(args.results, args.scale, rewards=args.reward))))
 
 
+def cmd_exactness(args: argparse.Namespace) -> None:
+    _set_threads(args.threads)
+    from nabla.exactness import write_exactness
+
+    written = write_exactness(args.config, args.rewards, args.priors, args.out, args.samples)
+    print("wrote " + ", ".join(map(str, written)))
+
+
 def cmd_publish(args: argparse.Namespace) -> None:
     from nabla.publish import publish
 
@@ -389,6 +397,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation_options(p)
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_evaluate_prior)
+
+    p = commands.add_parser("exactness", help="toy2d: the floor the N(0, I) start puts under the exact-target "
+                            "methods, beside the prior sampler's (a CSV and a Markdown table)")
+    p.add_argument("--config", required=True, help="the toy2d training YAML")
+    p.add_argument("--rewards", nargs="+", required=True)
+    p.add_argument("--priors", nargs="*", default=[], help="the prior's evaluation records (evaluate-prior)")
+    p.add_argument("--samples", type=int, default=4000)
+    p.add_argument("--out", required=True, help="CSV (the Markdown table beside it)")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_exactness)
 
     p = commands.add_parser("aggregate", help="one protocol's group records → summary, curves, end-of-budget and "
                             "matched-reward tables")

@@ -230,6 +230,14 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: Scalar, reductio
     return _reduce(elementwise, reduction)
 
 
+def gaussian_kl(mean: torch.Tensor, other_mean: torch.Tensor, std: Scalar, reduction: str = "sum") -> torch.Tensor:
+    """Per-sample KL(N(mean, σ²I) ‖ N(other_mean, σ²I)) = Σ (mean − other_mean)²/(2σ²), summed or
+    averaged over the non-batch dims (two kernels of one step share σ_t)."""
+    s = _bcast(std, mean)
+    _check_positive_std(s)
+    return _reduce((mean - other_mean).square() / (2 * s.square()).to(mean.dtype), reduction)
+
+
 def standard_normal_log_prob(noise: torch.Tensor, std: float) -> torch.Tensor:
     """log N(μ + σ·noise; μ, σ² I) per sample, averaged over the non-batch dims: the density of a
     sampled transition from its own noise (``gaussian_log_prob(..., reduction="mean")`` of it)."""

@@ -51,6 +51,8 @@ def own_target(reward, prior, method: str, method_options, sample_shape):
         return None
     cls = method_class(method)
     beta = cls.target_beta(method_options, sample_shape)
+    if beta is None:  # e.g. DPOK's ε-space KL: no tilt at all
+        return None
     if cls.target == "tilted" and getattr(method_options, "pretrained_strength", 1.0) == 1.0:
         return reward.exact_target(prior, beta)
     if cls.target == "reward_only":

@@ -19,6 +19,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
+import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Sequence
 
@@ -35,6 +37,9 @@ METHOD_MODULES = (
     "baselines.draft",
     "baselines.refl",
     "baselines.db_gflownet",
+    "baselines.adjoint_matching",
+    "baselines.rtb",
+    "baselines.dpok",
 )
 
 METHODS: dict[str, type["Method"]] = {}
@@ -76,6 +81,8 @@ class Rollouts:
     prompts: list[str]
     seeds: list[int]
     rewards: torch.Tensor  # (B,)
+    #: per-round tensors a method computes in its own ``collect`` (e.g. the prior's log-probs)
+    extras: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
     TENSORS: ClassVar = ("latents", "timesteps", "prev_timesteps", "model_outputs", "log_probs")
 
@@ -83,12 +90,14 @@ class Rollouts:
         state = {f"trajectory.{k}": getattr(self.trajectory, k).contiguous() for k in self.TENSORS}
         state["rewards"] = self.rewards.contiguous()
         state["seeds"] = torch.tensor(self.seeds)
+        state.update({f"extras.{k}": v.contiguous() for k, v in self.extras.items()})
         return state
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor], prompts: list[str]) -> "Rollouts":
         trajectory = Trajectory(**{k: state[f"trajectory.{k}"] for k in cls.TENSORS})
-        return cls(trajectory, list(prompts), state["seeds"].tolist(), state["rewards"])
+        extras = {k.removeprefix("extras."): v for k, v in state.items() if k.startswith("extras.")}
+        return cls(trajectory, list(prompts), state["seeds"].tolist(), state["rewards"], extras)
 
 
 @dataclass
@@ -251,6 +260,53 @@ class Method(abc.ABC):
 
     def guided(self, x: torch.Tensor, t: torch.Tensor, cond, uncond) -> torch.Tensor:
         return self.backend.guided_output(x, t, cond, uncond, self.sampler.guidance_scale)
+
+    @torch.no_grad()
+    def prior_log_ratios(self, batch: Rollouts) -> torch.Tensor:
+        """(T, B) log P_F^θ(x_prev | x_t) − log P_F^#(x_prev | x_t) of every sampled transition,
+        summed over dimensions (full likelihood units), θ being the model that sampled it.
+
+        θ's side is the sampler's own density (from its stored per-dimension mean); the prior's
+        takes one prior forward per step.
+        """
+        tr = batch.trajectory
+        cond, uncond = self.conditions(batch.prompts)
+        dims = math.prod(tr.latents.shape[2:])
+        rows = []
+        for j, (t, t_prev) in enumerate(zip(tr.timesteps, tr.prev_timesteps)):
+            a_t, a_prev = diffusion.alpha_bars(self.backend.scheduler, t, t_prev)
+            std = diffusion.ddim_std(a_t, a_prev, self.sampler.eta)
+            a_t, a_prev = a_t.to(tr.latents.dtype), a_prev.to(tr.latents.dtype)
+            mean = self.kernel_mean(tr.latents[j], t, a_t, a_prev, cond, uncond, prior=True)
+            prior = diffusion.gaussian_log_prob(tr.latents[j + 1], mean, std, reduction="sum")
+            rows.append(tr.log_probs[j] * dims - prior)
+        return torch.stack(rows)
+
+    def kernel_mean(self, x: torch.Tensor, t: torch.Tensor, a_t, a_prev, cond, uncond, prior: bool = False) -> torch.Tensor:
+        """μ(x_t) of the sampler's kernel, with θ's guided output or, with ``prior``, the prior's."""
+        with self.backend.adapter(False) if prior else nullcontext():
+            out = self.guided(x, t, cond, uncond)
+        return diffusion.ddim_mean(out, x, a_t, a_prev, self.sampler.eta, self.backend.prediction_type)
+
+
+def shuffled_transition_pairs(
+    num_trajectories: int, num_steps: int, fraction: float, generator: torch.Generator
+) -> torch.Tensor:
+    """(N, 2) (trajectory, step) pairs: k = max(1, round(fraction · T)) random steps of every
+    trajectory, then one shuffle of all pairs (DDPO's and DPOK's sampling of a round)."""
+    k = max(1, round(fraction * num_steps))
+    steps = [torch.randperm(num_steps, generator=generator)[:k] for _ in range(num_trajectories)]
+    pairs = torch.cat([torch.stack([torch.full_like(s, b), s], dim=1) for b, s in enumerate(steps)])
+    return pairs[torch.randperm(len(pairs), generator=generator)]
+
+
+def pair_plan(batch: Rollouts, pairs: torch.Tensor, updates: int, microbatch_size: int) -> list[list[tuple[Transitions, torch.Tensor]]]:
+    """(N, 2) (trajectory, step) pairs split into ``updates`` near-equal updates of micro-batches, each
+    a (Transitions, its pairs) tuple: the pairs index whatever per-transition tensor a method adds."""
+    return [
+        [(gather_transitions(batch, part[:, 0], part[:, 1]), part) for part in chunk(update, microbatch_size)]
+        for update in torch.tensor_split(pairs, min(updates, len(pairs)))
+    ]
 
 
 def iterate_transition_plan(

@@ -16,7 +16,7 @@ from nabla.trainer import Trainer
 
 torch.set_num_threads(1)
 
-BASELINES = ["ddpo", "draft", "draft_lv", "refl", "db_gflownet"]
+BASELINES = ["ddpo", "draft", "draft_lv", "refl", "db_gflownet", "adjoint_matching", "rtb", "dpok", "dpok_kl_return"]
 
 
 # -- DDPO -----------------------------------------------------------------------------------------
@@ -227,9 +227,14 @@ RUN_OPTIONS = {
     "draft_lv": {"microbatch_size": 2},
     "refl": {"stop_min": 0.5, "stop_max": 1.0, "microbatch_size": 2},
     "db_gflownet": {"transition_fraction": 0.5, "microbatch_size": 4, "reward_scale": 0.5},
+    "adjoint_matching": {"reward_scale": 0.5, "microbatch_size": 4},
+    "rtb": {"reward_scale": 0.5, "transition_fraction": 0.5, "microbatch_size": 2},
+    "dpok": {"reward_weight": 1.0, "kl_weight": 2.0, "transition_fraction": 1.0, "microbatch_size": 4},
+    "dpok_kl_return": {"reward_weight": 1.0, "kl_weight": 2.0, "transition_fraction": 1.0, "microbatch_size": 4},
 }
 #: optimiser steps per round at those options (the releases': DDPO and DB-GFlowNet take 2)
-UPDATES_PER_ROUND = {"ddpo": 2, "draft": 1, "draft_lv": 1, "refl": 1, "db_gflownet": 2}
+UPDATES_PER_ROUND = {"ddpo": 2, "draft": 1, "draft_lv": 1, "refl": 1, "db_gflownet": 2, "adjoint_matching": 1,
+                     "rtb": 5, "dpok": 5, "dpok_kl_return": 5}
 
 
 def assert_lora_moved(trainer, before):

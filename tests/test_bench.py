@@ -15,9 +15,14 @@ def test_bench_writes_every_method_row_curve_and_table(toy_prior_dir, tmp_path):
                   sampler={"num_steps": 8, "eta": 1.0, "guidance_scale": 1.0})
     (tmp_path / "toy.yaml").write_text(yaml.safe_dump(config))
     frames = run_bench("toy2d", tmp_path / "toy.yaml", "linear", rounds=3, eval_every=1, eval_samples=32,
-                       methods=["residual_nabla_db", "draft"], progress=lambda _: None)
+                       methods=["residual_nabla_db", "draft", "adjoint_matching"], progress=lambda _: None)
     methods = frames["methods"].set_index("method")
-    assert list(methods.index) == ["residual_nabla_db", "draft"]
+    assert list(methods.index) == ["residual_nabla_db", "draft", "adjoint_matching"]
+    # collection: 8 sampler steps of θ per trajectory; Adjoint Matching adds a VJP through the prior at
+    # each of the 7 states before x_0
+    assert (methods["collect_forward_rows_theta_per_trajectory"] == 8).all()
+    assert methods.loc["adjoint_matching", "collect_backward_rows_prior_per_trajectory"] == 7
+    assert methods.loc["draft", "collect_backward_rows_prior_per_trajectory"] == 0
     assert (methods["seconds_per_update"] > 0).all() and (methods["denoiser_unit_seconds"] > 0).all()
     # residual ∇-DB trains on transitions (pass counts), DRaFT on chains (none)
     assert methods.loc["residual_nabla_db", "forward_rows_prior_per_transition"] == 1

@@ -23,7 +23,11 @@ OPTIONS = {"residual_nabla_db": {"reward_scale": 0.5, "transition_fraction": 0.5
            "nabla_db": {"reward_scale": 0.5, "transition_fraction": 0.5, "microbatch_size": 4096},
            "db_gflownet": {"reward_scale": 0.25, "microbatch_size": 4096}, "ddpo": {"microbatch_size": 4096},
            "draft": {"microbatch_size": 256}, "draft_lv": {"microbatch_size": 256},
-           "refl": {"pretrain_data": "prior_mixture", "microbatch_size": 256}}
+           "refl": {"pretrain_data": "prior_mixture", "microbatch_size": 256},
+           "adjoint_matching": {"reward_scale": 0.5, "microbatch_size": 4096},
+           "rtb": {"reward_scale": 0.5, "transition_fraction": 1.0, "microbatch_size": 256},
+           "dpok": {"reward_weight": 1.0, "kl_weight": 2.0, "microbatch_size": 4096},
+           "dpok_kl_return": {"reward_weight": 1.0, "kl_weight": 2.0, "microbatch_size": 4096}}
 
 
 @pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
@@ -39,7 +43,8 @@ def run(model, folder, method):
     Trainer(cfg, folder, progress=False).run()
     logs = [pd.read_csv(folder / name).drop(columns="seconds") for name in ("train_log.csv", "eval_log.csv")]
     weights = {**load_file(str(folder / "final" / "adapter_model.safetensors")),
-               **{f"extra.{k}": v for p in (folder / "final").glob("flow.safetensors") for k, v in load_file(str(p)).items()}}
+               **{f"{p.stem}.{k}": v for p in (folder / "final").glob("*.safetensors") if p.name != "adapter_model.safetensors"
+                  for k, v in load_file(str(p)).items()}}
     return logs, weights
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nabla import diffusion, objectives
-from nabla.bench import count_denoiser_passes, passes_per_transition
+from nabla.bench import count_denoiser_passes, denoiser_passes
 from nabla.config import TrainConfig
 from nabla.trainer import Trainer, round_generator
 
@@ -123,7 +123,7 @@ def test_residual_nabla_db_runs_the_fewest_denoiser_passes(toy_prior_dir, tmp_pa
     trainer = toy_trainer(toy_prior_dir, tmp_path)
     micro = micro_batch(trainer)
     f = (~micro.is_last).float().mean().item()
-    counts = passes_per_transition(trainer)
+    counts = denoiser_passes(trainer)
     assert counts["forward_rows_theta_per_transition"] == pytest.approx(1 + f)
     assert counts["backward_rows_theta_per_transition"] == pytest.approx(1 + 2 * f)
     assert counts["forward_rows_prior_per_transition"] == pytest.approx(1)

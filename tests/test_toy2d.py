@@ -16,9 +16,12 @@ from nabla.data.toy2d import (
     QuadraticReward,
     circle_mixture,
     reward_only_target,
+    start_tilted,
     tilt,
+    tilt_linear,
 )
 from nabla.metrics.toy2d import (
+    MixtureReference,
     component_masses,
     energy_distance,
     mass_tv,
@@ -362,3 +365,28 @@ def test_short_pretraining_reaches_the_mixture():
     backend = Toy2dBackend(model, toy2d_scheduler(), PRIOR)
     x = ddim_sample(backend, 3000, 50, 1.0, gen(19))
     assert energy_distance(x, PRIOR.sample(3000, gen(20))[0]) < 0.03
+
+
+# -- the start's floor (nabla.exactness) --------------------------------------------------------------
+def test_posterior_is_bayes_rule_of_the_mixture_and_the_noising_kernel():
+    mixture, a = circle_mixture(), 0.3
+    x_t = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    posterior = mixture.posterior(x_t, a)
+    x0 = torch.randn(50, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    likelihood = -0.5 * (x_t - math.sqrt(a) * x0).square().sum(1) / (1 - a)
+    difference = posterior.log_prob(x0) - (mixture.log_prob(x0) + likelihood)
+    assert difference.std() < 1e-10  # equal up to the normaliser
+
+
+def test_the_start_tilted_law_is_its_monte_carlo_and_the_target_when_the_start_carries_nothing():
+    mixture, reward, beta = circle_mixture(), LinearReward([1.0, 0.0]), 0.5
+    target = tilt_linear(mixture, [1.0, 0.0], beta)
+    a = 0.05  # a start that carries visible information about x_0
+    law = start_tilted(mixture, reward, beta, a)
+    g = torch.Generator().manual_seed(1)
+    starts = torch.randn(3000, 2, generator=g, dtype=torch.float64)
+    samples = torch.cat([tilt_linear(mixture.posterior(x, a), [1.0, 0.0], beta).sample(1, g)[0] for x in starts])
+    to_law, to_target = MixtureReference(law).energy_distances(samples, MixtureReference(target))
+    gap = mixture_energy_distance(law, target)
+    assert abs(to_law) < 2e-3 and gap > 0.015 and to_target == pytest.approx(gap, abs=3e-3)
+    assert mixture_energy_distance(start_tilted(mixture, reward, beta, 1e-9), target) < 1e-9

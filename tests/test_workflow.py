@@ -91,10 +91,11 @@ def test_a_bad_training_config_stops_the_dry_run_naming_every_problem(tmp_path):
 def test_the_default_plan_runs_both_protocols_at_toy2d_and_the_release_one_at_tiny():
     out = dry_run("--forceall", "--profile", "profiles/local")
     jobs = job_counts(out)
-    # toy2d: 7 methods x 2 rewards, one job each for the release and the tuned protocol (3 seeds)
+    # toy2d: 11 methods x 2 rewards, one job each for the release and the tuned protocol (3 seeds)
     # and for the tuning grid (4 points); tiny: 7 methods x 1 reward x 1 seed; a prior row per reward
-    assert jobs["runs"] == str(14 + 14 + 7) and jobs["tune_runs"] == "14" and jobs["evaluate_prior"] == "3"
+    assert jobs["runs"] == str(22 + 22 + 7) and jobs["tune_runs"] == "22" and jobs["evaluate_prior"] == "3"
     assert jobs["select_settings"] == "1" and jobs["aggregate"] == "4" and jobs["publish"] == "2"
+    assert jobs["toy2d_exactness"] == "1"
     budget = default_config()["tiny"]["budget"]
     flags = f"--rounds {budget['rounds']} --trajectories {budget['trajectories_per_round']}"
     tiny = [line for line in out.splitlines() if "nabla runs --scale tiny" in line]
@@ -162,7 +163,7 @@ def test_full_config_plans_every_method_on_two_rewards_at_tiny():
     out = dry_run("--forceall", "--configfile", "config/full.yaml", "--printshellcmds")
     jobs = job_counts(out)
     # tiny: 7 methods x 2 rewards x 3 seeds, one job a run; toy2d as the default
-    assert jobs["runs"] == str(42 + 28) and jobs["evaluate_prior"] == "4" and jobs["figures_of_a_reward"] == "6"
+    assert jobs["runs"] == str(42 + 44) and jobs["evaluate_prior"] == "4" and jobs["figures_of_a_reward"] == "6"
     tiny = yaml.safe_load((ROOT / "config" / "train" / "tiny.yaml").read_text())
     flags = f"--rounds {tiny['rounds']} --trajectories {tiny['trajectories_per_round']}"
     assert all(flags in line for line in out.splitlines() if "nabla runs --scale tiny" in line)
@@ -331,7 +332,8 @@ def test_sd15_path_runs_every_method_end_to_end_offline(random_sd_dir, aesthetic
     train["rewards"]["aesthetic"] = aesthetic_stand_ins
     (tmp_path / "config/train/sd15.yaml").write_text(yaml.safe_dump(train))
     config = yaml.safe_load((ROOT / "config/sd15.yaml").read_text())
-    config["sd15"].update(rewards=["aesthetic"], seeds=[0], budget={"rounds": 2}, evaluation={
+    # every registered method (config/sd15.yaml lists the paper's; the exact-target ones are opt-in there)
+    config["sd15"].update(methods=available_methods(), rewards=["aesthetic"], seeds=[0], budget={"rounds": 2}, evaluation={
         "samples": 2, "features": f"clip={aesthetic_stand_ins['clip_model']}", "fid_features": f"inception={inception_stand_in}"})
     (tmp_path / "sd15-mini.yaml").write_text(yaml.safe_dump(config))
     env_free = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}

@@ -31,6 +31,10 @@ METHOD_COLORS = {
     "draft": "#2ca02c",
     "draft_lv": "#98df8a",
     "refl": "#ff7f0e",
+    "adjoint_matching": "#8c564b",
+    "rtb": "#e377c2",
+    "dpok": "#17becf",
+    "dpok_kl_return": "#bcbd22",
 }
 METHOD_LABELS = {
     "pretrained": "pretrained",
@@ -41,6 +45,10 @@ METHOD_LABELS = {
     "draft": "DRaFT-1",
     "draft_lv": "DRaFT-LV",
     "refl": "ReFL",
+    "adjoint_matching": "Adjoint Matching",
+    "rtb": "RTB",
+    "dpok": "DPOK",
+    "dpok_kl_return": "DPOK (KL in return)",
 }
 
 #: the dense-evaluation panels: (curves column, axis label, log scale)
@@ -175,14 +183,17 @@ def tradeoff_figure(summary: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: 
     return fig
 
 
-def toy2d_samples_figure(records: Sequence[dict], extent: float = 7.0, title: str = ""):
-    """One panel per method: samples (dots) over the exact target's density (contours)."""
+def toy2d_samples_figure(records: Sequence[dict], extent: float = 7.0, title: str = "", per_row: int = 6):
+    """One panel per method (``per_row`` a row): samples (dots) over the exact target's density (contours)."""
     n = len(records)
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.9), squeeze=False)
+    rows, cols = -(-n // per_row), min(n, per_row)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_axis_off()
     grid = np.linspace(-extent, extent, 160)
     xx, yy = np.meshgrid(grid, grid)
     points = torch.tensor(np.stack([xx.ravel(), yy.ravel()], axis=1), dtype=torch.float64)
-    for ax, record in zip(axes[0], records):
+    for ax, record in zip(axes.flat, records):
         target = GaussianMixture.from_dict(record["target"])
         density = target.log_prob(points).exp().reshape(xx.shape).numpy()
         ax.contourf(xx, yy, density, levels=12, cmap="Greys")
@@ -198,7 +209,7 @@ def toy2d_samples_figure(records: Sequence[dict], extent: float = 7.0, title: st
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(h_pad=2.0)
     return fig
 
 

@@ -25,6 +25,7 @@ from nabla.protocol import at_matched_reward, level
 #: the order methods appear in every table and figure (reference row first)
 METHOD_ORDER = (
     "pretrained", "residual_nabla_db", "nabla_db", "db_gflownet", "ddpo", "draft", "draft_lv", "refl",
+    "adjoint_matching", "rtb", "dpok", "dpok_kl_return",
 )
 #: metrics of the end-of-budget table, and those read at matched reward, per kind of scale
 TABLE_COLUMNS = {

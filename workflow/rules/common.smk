@@ -190,6 +190,8 @@ def scale_results(scale):
         files += [f"{TREE}/{scale}/selected.yaml"] + [f"{TREE}/{scale}/tune/{name}" for name in PROTOCOL_FILES]
     if scale == "tiny":
         files.append(f"{TREE}/tiny/prior_samples.png")
+    if scale == "toy2d":
+        files += [f"{TREE}/toy2d/exactness.{ext}" for ext in ("csv", "md")]
     return files
 
 

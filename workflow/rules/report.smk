@@ -43,6 +43,27 @@ rule figures_of_a_reward:
         " > {log} 2>&1"
 
 
+rule toy2d_exactness:
+    input:
+        prior=lambda w: prior_marker("toy2d"),
+        config=lambda w: config["toy2d"]["train_config"],
+        priors=lambda w: prior_records("toy2d"),
+    output:
+        csv=f"{TREE}/toy2d/exactness.csv",
+        md=f"{TREE}/toy2d/exactness.md",
+    log:
+        "logs/toy2d/exactness.log",
+    params:
+        rewards=lambda w: " ".join(config["toy2d"]["rewards"]),
+        samples=lambda w: config["toy2d"]["evaluation"]["samples"],
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "python -m nabla exactness --config {input.config} --rewards {params.rewards} --priors {input.priors}"
+        " --samples {params.samples} --out {output.csv} --threads {threads} > {log} 2>&1"
+
+
 rule publish:
     input:
         lambda w: scale_results(w.scale),
