@@ -96,6 +96,7 @@ class AdjointMatching(Method):
     """Adjoint Matching: regress θ's control onto the lean adjoint of the prior's sampler."""
 
     name = "adjoint_matching"
+    label, color = "Adjoint Matching", "#8c564b"  # in tables and figures
     Options = AdjointMatchingOptions
     target = "tilted"
     needs_stochastic_sampler = True

@@ -37,15 +37,7 @@ from diffusers.models.embeddings import get_timestep_embedding
 from torch import nn
 
 from nabla import diffusion, objectives
-from nabla.methods import (
-    LossOutput,
-    Method,
-    Rollouts,
-    Transitions,
-    iterate_transition_plan,
-    register_method,
-    subsample_transitions,
-)
+from nabla.methods import LossOutput, Method, Rollouts, Transitions, register_method
 
 
 @dataclass
@@ -165,6 +157,7 @@ class DBGFlowNet(Method):
     """Detailed-balance GFlowNet fine-tuning with a forward-looking scalar log-flow f_φ."""
 
     name = "db_gflownet"
+    label, color = "DB-GFlowNet", "#9467bd"  # in tables and figures
     Options = DBGFlowNetOptions
     target = "reward_only"
     needs_stochastic_sampler = True
@@ -189,11 +182,7 @@ class DBGFlowNet(Method):
 
     def plan(self, batch: Rollouts, generator: torch.Generator) -> list[list[ScaledTransitions]]:
         o = self.options
-        num_steps = batch.trajectory.timesteps.numel()
-        steps = [
-            subsample_transitions(num_steps, o.transition_fraction, o.stratified, generator) for _ in batch.prompts
-        ]
-        plan = iterate_transition_plan(batch, steps, o.updates_per_round, o.microbatch_size)
+        plan = self.subsampled_transition_plan(batch, generator)
         scale = annealed_reward_scale(o.reward_scale, o.reward_scale_start, self.rounds_done,
                                       o.anneal_fraction * self.total_rounds)
         self.rounds_done += 1

@@ -132,6 +132,7 @@ class DDPO(Method):
     """DDPO with the clipped importance-sampling ratio (DDPO_IS in the paper)."""
 
     name = "ddpo"
+    label, color = "DDPO", "#1f77b4"  # in tables and figures
     Options = DDPOOptions
     needs_stochastic_sampler = True
 

@@ -96,6 +96,7 @@ class DPOK(Method):
     """DPOK: clamped-ratio policy gradient with a value baseline and a KL to the prior."""
 
     name = "dpok"
+    label, color = "DPOK", "#17becf"  # in tables and figures
     Options = DPOKOptions
     target = "tilted"
     needs_stochastic_sampler = True
@@ -174,4 +175,5 @@ class DPOKKLReturn(DPOK):
     """DPOK with the KL in the return (``kl_in_return``): the exact gradient of E[ρr] − α KL."""
 
     name = "dpok_kl_return"
+    label, color = "DPOK (KL in return)", "#bcbd22"  # in tables and figures
     Options = DPOKKLReturnOptions

@@ -91,6 +91,7 @@ class DraftK(_DraftBase):
     """DRaFT-K: the reward gradient through the last K steps of the round's own chains."""
 
     name = "draft"
+    label, color = "DRaFT-1", "#2ca02c"  # in tables and figures
     Options = DraftOptions
 
     def plan(self, batch: Rollouts, generator: torch.Generator) -> list[list[ChainTail]]:
@@ -119,6 +120,7 @@ class DraftLV(_DraftBase):
     """DRaFT-LV: n re-noisings x_1 ~ q(x_1 | x_0) of each final sample, each denoised with gradient."""
 
     name = "draft_lv"
+    label, color = "DRaFT-LV", "#98df8a"  # in tables and figures
     Options = DraftLVOptions
 
     def plan(self, batch: Rollouts, generator: torch.Generator) -> list[list[ChainTail]]:

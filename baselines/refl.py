@@ -138,6 +138,7 @@ class ReFL(Method):
     the pretraining loss."""
 
     name = "refl"
+    label, color = "ReFL", "#ff7f0e"  # in tables and figures
     Options = ReFLOptions
 
     def __init__(self, options, backend, reward, sampler, total_rounds: int = 1):

@@ -96,6 +96,7 @@ class RelativeTrajectoryBalance(Method):
     """RTB: the squared log-ratio of the tilted prior's trajectory density to θ's, per trajectory."""
 
     name = "rtb"
+    label, color = "RTB", "#e377c2"  # in tables and figures
     Options = RTBOptions
     target = "tilted"
     needs_stochastic_sampler = True

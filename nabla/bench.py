@@ -286,7 +286,7 @@ COLLECT_COLUMNS = tuple(f"collect_{k}_per_trajectory" for k in PASS_KEYS)
 
 def markdown_table(methods: pd.DataFrame, sampler: pd.DataFrame | None) -> str:
     """The benchmark as Markdown: one table per scale, then the sampler comparison."""
-    from nabla.report.figures import METHOD_LABELS
+    from nabla.report.figures import method_label
 
     lines = []
     for scale, frame in methods.groupby("scale", sort=False):
@@ -310,7 +310,7 @@ def markdown_table(methods: pd.DataFrame, sampler: pd.DataFrame | None) -> str:
             passes = [(" / ".join(f"{row[c]:.2g}" for c in columns) if has_values(row, columns) else "–")
                       for columns in (COLLECT_COLUMNS, PASS_COLUMNS)]
             lines.append(
-                f"| {METHOD_LABELS.get(row['method'], row['method'])}{' (diverged)' if row['diverged'] else ''} "
+                f"| {method_label(row['method'])}{' (diverged)' if row['diverged'] else ''} "
                 f"| {row['seconds_per_update']:.3f} | {ratio[i]:.2f} | {row['denoiser_equivalents_per_update']:.1f} "
                 f"| {row['peak_memory_mib']:.0f} | {passes[0]} | {passes[1]} |"
             )

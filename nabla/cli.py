@@ -209,6 +209,12 @@ def cmd_exactness(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(map(str, written)))
 
 
+def cmd_schema_methods(args: argparse.Namespace) -> None:
+    from nabla.workflow_check import write_method_enum
+
+    print(f"{args.schema}: methods " + ", ".join(write_method_enum(args.schema)))
+
+
 def cmd_publish(args: argparse.Namespace) -> None:
     from nabla.publish import publish
 
@@ -397,6 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation_options(p)
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_evaluate_prior)
+
+    p = commands.add_parser("schema-methods", help="write the registered methods into the workflow schema's method "
+                            "enum (after adding a method; a test keeps the two equal)")
+    p.add_argument("--schema", default="workflow/schemas/config.schema.yaml")
+    p.set_defaults(func=cmd_schema_methods)
 
     p = commands.add_parser("exactness", help="toy2d: the floor the N(0, I) start puts under the exact-target "
                             "methods, beside the prior sampler's (a CSV and a Markdown table)")

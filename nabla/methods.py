@@ -10,8 +10,10 @@ accumulation, clipping, logging, checkpoints — and asks a method only four thi
 * ``loss(microbatch)``: a scalar to minimise and the terms to log;
 * ``modules()``: extra trainable networks (a flow network), beside the backend's LoRA.
 
-A new method is one module defining a subclass with ``@register_method``, plus one line in
-``METHOD_MODULES`` so the registry can import it.
+A new method is one module defining a subclass with ``@register_method`` (its ``name``, and the
+``label`` and ``color`` the report draws it with), plus one line in ``METHOD_MODULES`` so the
+registry can import it; ``python -m nabla schema-methods`` then writes it into the workflow
+schema's method enum (a test keeps the two equal).
 """
 
 from __future__ import annotations
@@ -30,25 +32,29 @@ from nabla import diffusion
 from nabla.models.base import DiffusionBackend
 from nabla.sampling import Trajectory, rollout
 
-#: modules whose import registers methods (the ∇-GFlowNet methods and the baselines)
+#: modules whose import registers methods (the ∇-GFlowNet methods and the baselines), in the order
+#: of the report's tables and legends
 METHOD_MODULES = (
-    "nabla.gflownet",
+    "nabla.nabla_db",
+    "baselines.db_gflownet",
     "baselines.ddpo",
     "baselines.draft",
     "baselines.refl",
-    "baselines.db_gflownet",
     "baselines.adjoint_matching",
     "baselines.rtb",
     "baselines.dpok",
 )
 
 METHODS: dict[str, type["Method"]] = {}
+_REGISTERED: list[str] = []  # registration order: within a module, the classes' definition order
 
 
 def register_method(cls: type["Method"]) -> type["Method"]:
     if cls.name in METHODS and METHODS[cls.name] is not cls:
         raise ValueError(f"method name '{cls.name}' registered twice")
     METHODS[cls.name] = cls
+    if cls.name not in _REGISTERED:
+        _REGISTERED.append(cls.name)
     return cls
 
 
@@ -56,6 +62,16 @@ def available_methods() -> list[str]:
     for module in METHOD_MODULES:
         importlib.import_module(module)
     return sorted(METHODS)
+
+
+def registry() -> dict[str, type["Method"]]:
+    """Every method, in ``METHOD_MODULES`` order and then in definition order within its module
+    (whatever order the modules happened to be imported in): the report's order."""
+    available_methods()
+    def key(name: str) -> tuple[int, int]:
+        module = METHODS[name].__module__
+        return (METHOD_MODULES.index(module) if module in METHOD_MODULES else len(METHOD_MODULES), _REGISTERED.index(name))
+    return {name: METHODS[name] for name in sorted(METHODS, key=key)}
 
 
 def method_class(name: str) -> type["Method"]:
@@ -189,6 +205,8 @@ class Method(abc.ABC):
     """One fine-tuning algorithm; see the module docstring for the contract."""
 
     name: ClassVar[str]
+    label: ClassVar[str]  # how tables and figures name it
+    color: ClassVar[str]  # its colour in every figure
     Options: ClassVar[type]
     #: "tilted" (optimum p#·exp(βr)), "reward_only" (exp(β_eff r) alone) or "none" (a reward
     #: maximiser): which target :meth:`target_beta` belongs to
@@ -247,6 +265,14 @@ class Method(abc.ABC):
             raise ValueError(f"{self.name} keeps no extra state but the checkpoint has {sorted(state)}")
 
     # -- shared helpers for methods that evaluate transitions -------------------------------------
+    def subsampled_transition_plan(self, batch: Rollouts, generator: torch.Generator) -> list[list[Transitions]]:
+        """The options' ``transition_fraction`` of each trajectory's transitions (the last always;
+        ``stratified`` or uniform), cut into ``updates_per_round`` updates of ``microbatch_size``."""
+        o = self.options
+        num_steps = batch.trajectory.timesteps.numel()
+        steps = [subsample_transitions(num_steps, o.transition_fraction, o.stratified, generator) for _ in batch.prompts]
+        return iterate_transition_plan(batch, steps, o.updates_per_round, o.microbatch_size)
+
     def transition_coefficients(self, tr: Transitions):
         """ᾱ_t, ᾱ_prev and σ_t of each transition, in the transitions' dtype."""
         a_t, a_prev = diffusion.alpha_bars(self.backend.scheduler, tr.t, tr.t_prev)

@@ -19,6 +19,23 @@ from nabla.data.prompt_sets import PromptSet, parse_prompts
 from nabla.protocol import grid_points, grid_size
 
 BUDGET_KEYS = ("rounds", "trajectories_per_round")
+#: the schema's line that lists the registered methods (Snakemake under --use-conda cannot import
+#: the package to read the registry, so the schema carries a copy, written by `nabla schema-methods`)
+METHOD_ENUM_PREFIX = "    enum: ["
+
+
+def write_method_enum(schema: str | Path) -> list[str]:
+    """Rewrite the schema's ``$defs.method.enum`` line with the registry's methods, in its order."""
+    from nabla.methods import registry
+
+    path = Path(schema)
+    lines = path.read_text().splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.startswith("  method:"))
+    index = next(i for i in range(start, len(lines)) if lines[i].startswith(METHOD_ENUM_PREFIX))
+    names = list(registry())
+    lines[index] = f"{METHOD_ENUM_PREFIX}{', '.join(names)}]\n"
+    path.write_text("".join(lines))
+    return names
 
 
 def _unique(items: list[str]) -> list[str]:

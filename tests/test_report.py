@@ -9,7 +9,7 @@ import torch
 
 from nabla.data.toy2d import circle_mixture
 from nabla.report.aggregate import aggregate, select_settings
-from nabla.report.figures import (METHOD_COLORS, curve_figure, figures, frontier_figure, toy2d_samples_figure,
+from nabla.report.figures import (method_color, curve_figure, figures, frontier_figure, toy2d_samples_figure,
                                   tradeoff_figure)
 from nabla.report.tables import end_of_budget_table, mean_std, mean_vector_table, summary_frame
 
@@ -126,12 +126,12 @@ def test_a_method_has_one_colour_in_every_figure():
     curves = pd.DataFrame([{**row, "method": m, "diverged": False} for m in ("ddpo", "draft")
                            for row in curve([0.0, 1.0, 2.0], [1.0, 0.5, 0.3], splits=("evaluation",))])
     colors = line_colors(curve_figure(curves, (("reward_mean", "r", False),)))
-    assert colors == {"DDPO": METHOD_COLORS["ddpo"], "DRaFT-1": METHOD_COLORS["draft"]}
+    assert colors == {"DDPO": method_color("ddpo"), "DRaFT-1": method_color("draft")}
     summary = pd.DataFrame({"method": ["ddpo", "draft"], "energy_distance_prior": [0.3, 1e20], "reward_mean": [1.5, 9.0]})
     fig = tradeoff_figure(summary, "energy_distance_prior", "reward_mean", "x", "y")
     legend = {t.get_text(): mcolors.to_hex(h.get_facecolor()[0]) for t, h in
               zip(fig.axes[0].get_legend().get_texts(), fig.axes[0].get_legend().legend_handles)}
-    assert legend == {"DDPO": METHOD_COLORS["ddpo"], "DRaFT-1": METHOD_COLORS["draft"]}
+    assert legend == {"DDPO": method_color("ddpo"), "DRaFT-1": method_color("draft")}
 
 
 def test_samples_figure_counts_samples_off_the_panel():

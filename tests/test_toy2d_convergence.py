@@ -29,7 +29,7 @@ from nabla.data.toy2d import (
     reward_only_target,
     tilt_linear,
 )
-from nabla.gflownet import ResidualNablaDB
+from nabla.nabla_db import ResidualNablaDB
 from nabla.metrics.toy2d import energy_distance, mass_tv, mixture_energy_distance
 from nabla.models.toy2d import pretrain_toy2d, save_toy2d
 from nabla.sampling import rollout

@@ -26,9 +26,21 @@ def default_config() -> dict:
     return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 
 
-def test_schema_method_enum_is_the_method_registry():
+def test_schema_method_enum_is_the_method_registry_as_the_command_writes_it(tmp_path):
+    from nabla.methods import registry
+    from nabla.workflow_check import write_method_enum
+
     schema = yaml.safe_load(SCHEMA.read_text())
-    assert sorted(schema["$defs"]["method"]["enum"]) == available_methods()
+    assert schema["$defs"]["method"]["enum"] == list(registry())  # `nabla schema-methods` was run
+    copy = tmp_path / "schema.yaml"
+    copy.write_text(SCHEMA.read_text().replace("dpok_kl_return]", "dpok_kl_return, retired]"))
+    assert write_method_enum(copy) == list(registry()) and copy.read_text() == SCHEMA.read_text()
+
+
+def test_the_rule_files_are_snakefmt_clean():
+    files = ["Snakefile", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "workflow" / "rules").glob("*.smk"))]
+    result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *files], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("scale", ["toy2d", "tiny", "sd15"])

@@ -20,36 +20,24 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from nabla.data.toy2d import GaussianMixture  # noqa: E402
-from nabla.report.tables import METHOD_ORDER  # noqa: E402
+from nabla.report.tables import PRIOR_ROW, method_order  # noqa: E402
 
-METHOD_COLORS = {
-    "pretrained": "#7f7f7f",
-    "residual_nabla_db": "#d62728",
-    "nabla_db": "#ff9896",
-    "db_gflownet": "#9467bd",
-    "ddpo": "#1f77b4",
-    "draft": "#2ca02c",
-    "draft_lv": "#98df8a",
-    "refl": "#ff7f0e",
-    "adjoint_matching": "#8c564b",
-    "rtb": "#e377c2",
-    "dpok": "#17becf",
-    "dpok_kl_return": "#bcbd22",
-}
-METHOD_LABELS = {
-    "pretrained": "pretrained",
-    "residual_nabla_db": "residual ∇-DB",
-    "nabla_db": "∇-DB",
-    "db_gflownet": "DB-GFlowNet",
-    "ddpo": "DDPO",
-    "draft": "DRaFT-1",
-    "draft_lv": "DRaFT-LV",
-    "refl": "ReFL",
-    "adjoint_matching": "Adjoint Matching",
-    "rtb": "RTB",
-    "dpok": "DPOK",
-    "dpok_kl_return": "DPOK (KL in return)",
-}
+PRIOR_STYLE = ("pretrained", "#7f7f7f")  # the prior's label and colour
+
+
+def method_label(method: str) -> str:
+    """The method's name in figures and tables (its registry ``label``; the prior's own)."""
+    from nabla.methods import registry
+
+    return PRIOR_STYLE[0] if method == PRIOR_ROW else getattr(registry().get(method), "label", method)
+
+
+def method_color(method: str) -> str | None:
+    """The method's colour in every figure (its registry ``color``; the prior grey)."""
+    from nabla.methods import registry
+
+    return PRIOR_STYLE[1] if method == PRIOR_ROW else getattr(registry().get(method), "color", None)
+
 
 #: the dense-evaluation panels: (curves column, axis label, log scale)
 CURVE_PANELS = {
@@ -75,7 +63,7 @@ FRONTIER_PANELS = {
 
 
 def ordered(methods: Sequence[str]) -> list[str]:
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    rank = {m: i for i, m in enumerate(method_order())}
     return sorted(set(methods), key=lambda m: rank.get(m, len(rank)))
 
 
@@ -124,7 +112,7 @@ def curve_figure(curves: pd.DataFrame, panels, title: str = ""):
                     trajectories=("trajectories", "mean"),
                 ).fillna({"std": 0.0})
                 xs = stats[x]
-                color, name = METHOD_COLORS.get(method), METHOD_LABELS.get(method, method)
+                color, name = method_color(method), method_label(method)
                 if diverged.get(method, False):
                     ax.plot(xs, stats["mean"], color=color, label=f"{name} (diverged)", lw=1.2, ls="--")
                     continue
@@ -159,15 +147,15 @@ def tradeoff_figure(summary: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: 
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     diverged = summary["diverged_at"].notna() if "diverged_at" in summary else pd.Series(False, index=summary.index)
     if diverged.any():
-        names = ", ".join(METHOD_LABELS.get(m, m) for m in ordered(summary.loc[diverged, "method"]))
+        names = ", ".join(method_label(m) for m in ordered(summary.loc[diverged, "method"]))
         fig.text(0.01, 0.0, f"left out: {int(diverged.sum())} diverged runs ({names})", fontsize=7, va="bottom")
     summary = summary[~diverged]
     for method in ordered(summary["method"]):
         runs = summary[summary["method"] == method]
-        color = METHOD_COLORS.get(method)
+        color = method_color(method)
         ax.scatter(runs[x], runs[y], color=color, s=14, alpha=0.6)
         ax.scatter(runs[x].mean(), runs[y].mean(), color=color, s=90, edgecolor="black",
-                   label=METHOD_LABELS.get(method, method))
+                   label=method_label(method))
     # the prior's own distance is ≈ 0 (can be slightly < 0) and diverging runs' are huge: symlog
     # where values span decades; linear where they do not (diversities, rewards of order one)
     if spans_decades(summary[x], 1e-2):
@@ -199,8 +187,8 @@ def toy2d_samples_figure(records: Sequence[dict], extent: float = 7.0, title: st
         ax.contourf(xx, yy, density, levels=12, cmap="Greys")
         samples = np.asarray(record["samples"])
         inside = np.abs(samples).max(axis=1) <= extent
-        ax.scatter(samples[inside, 0], samples[inside, 1], s=2, color=METHOD_COLORS.get(record["method"]), alpha=0.8)
-        name = METHOD_LABELS.get(record["method"], record["method"])
+        ax.scatter(samples[inside, 0], samples[inside, 1], s=2, color=method_color(record["method"]), alpha=0.8)
+        name = method_label(record["method"])
         outside = int((~inside).sum())
         ax.set_title(name + (f"\n({outside} of {len(samples)} off the panel)" if outside else ""), fontsize=9)
         ax.set_xlim(-extent, extent)
@@ -225,8 +213,8 @@ def image_samples_figure(records: Sequence[dict], title: str = ""):
     ax.imshow(np.asarray(grid))
     for row, record in enumerate(records):
         y = (row + 0.5) * grid.height / len(records)
-        ax.text(-6, y, METHOD_LABELS.get(record["method"], record["method"]), ha="right", va="center", fontsize=8,
-                color=METHOD_COLORS.get(record["method"], "black"))
+        ax.text(-6, y, method_label(record["method"]), ha="right", va="center", fontsize=8,
+                color=(method_color(record["method"]) or "black"))
     ax.set_axis_off()
     columns = " | ".join(dict.fromkeys(prompts))
     ax.set_title(f"{title}\ncolumns: {columns} (seeds 0–{prompts.count(prompts[0]) - 1} each)", fontsize=8)
@@ -250,13 +238,13 @@ def frontier_figure(curves: pd.DataFrame, panels, levels: dict | None = None, ti
             stats = stats[np.isfinite(stats).all(axis=1)]
             if stats.empty:
                 continue
-            name = METHOD_LABELS.get(method, method)
+            name = method_label(method)
             if window is not None:
                 inside = stats["reward_mean"].between(*window)
                 shown.append(stats.loc[inside, column])
                 if (stats["reward_mean"] > window[1]).any():
                     name += " (runs past the range)"
-            color = METHOD_COLORS.get(method)
+            color = method_color(method)
             ax.plot(stats["reward_mean"], stats[column], color=color, lw=1.5, label=name)
             ax.scatter(stats["reward_mean"].iloc[-1:], stats[column].iloc[-1:], color=color, s=40, edgecolor="black", zorder=3)
         for fraction, value in ((levels or {}).get("levels") or {}).items():

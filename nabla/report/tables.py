@@ -22,11 +22,16 @@ import pandas as pd
 
 from nabla.protocol import at_matched_reward, level
 
-#: the order methods appear in every table and figure (reference row first)
-METHOD_ORDER = (
-    "pretrained", "residual_nabla_db", "nabla_db", "db_gflownet", "ddpo", "draft", "draft_lv", "refl",
-    "adjoint_matching", "rtb", "dpok", "dpok_kl_return",
-)
+PRIOR_ROW = "pretrained"  # the reference row of every table and figure, before the methods
+
+
+def method_order() -> tuple[str, ...]:
+    """The order methods appear in every table and figure: the prior, then the registry's order."""
+    from nabla.methods import registry
+
+    return (PRIOR_ROW, *registry())
+
+
 #: metrics of the end-of-budget table, and those read at matched reward, per kind of scale
 TABLE_COLUMNS = {
     "toy2d": ("reward_mean", "energy_distance_target", "mass_tv_target", "energy_distance_own_target",
@@ -47,7 +52,8 @@ def kind(scale: str) -> str:
 
 
 def order_key(method: str) -> int:
-    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    order = method_order()
+    return order.index(method) if method in order else len(order)
 
 
 def _sorted(frame: pd.DataFrame) -> pd.DataFrame:

@@ -6,12 +6,21 @@ rule bench:
         tiny=prior_marker("tiny"),
         toy2d=prior_marker("toy2d"),
     output:
-        multiext("results/bench/", "methods.csv", "curves.csv", "sampler.csv", "bench.md",
-                 "reward_toy2d.png", "reward_toy2d.pdf", "reward_tiny.png", "reward_tiny.pdf"),
+        multiext(
+            "results/bench/",
+            "methods.csv",
+            "curves.csv",
+            "sampler.csv",
+            "bench.md",
+            "reward_toy2d.png",
+            "reward_toy2d.pdf",
+            "reward_tiny.png",
+            "reward_tiny.pdf",
+        ),
     log:
         "logs/bench.log",
-    threads: all_cores()
     conda:
         ENV
+    threads: all_cores()
     shell:
         "python -m nabla bench --scale toy2d tiny --out results/bench --threads {threads} > {log} 2>&1"

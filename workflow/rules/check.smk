@@ -10,9 +10,11 @@ rule check_config:
         CHECKED,
     log:
         "logs/check_config.log",
-    params:
-        config=lambda w: json.dumps({k: config[k] for k in ["scales", *config["scales"]]}),
     conda:
         ENV
+    params:
+        config=lambda w: json.dumps(
+            {k: config[k] for k in ["scales", *config["scales"]]}
+        ),
     shell:
         "python -m nabla check-config --config-json '{params.config}' --out {output} > {log} 2>&1"

@@ -25,13 +25,20 @@ def validate_config(config, schema_path):
     """Every schema violation of the config at once, each with its path; then the schema's defaults.
     Where the Snakemake process can import the package, every run's training config is resolved
     too (nabla.workflow_check), so `snakemake -n` already names a bad training config, and this
-    returns True; elsewhere (--use-conda) the check_config job does it before any compute job."""
+    returns True; elsewhere (--use-conda) the check_config job does it before any compute job.
+    """
     import yaml
 
     schema = yaml.safe_load(open(schema_path))
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path))
+    errors = sorted(
+        jsonschema.Draft202012Validator(schema).iter_errors(config),
+        key=lambda e: list(e.path),
+    )
     if errors:
-        lines = [f"  - {'.'.join(map(str, e.path)) or '(top level)'}: {e.message}" for e in errors]
+        lines = [
+            f"  - {'.'.join(map(str, e.path)) or '(top level)'}: {e.message}"
+            for e in errors
+        ]
         raise WorkflowError("the workflow config has problems:\n" + "\n".join(lines))
     validate(config, schema_path)  # fills in the defaults
     try:
@@ -40,7 +47,10 @@ def validate_config(config, schema_path):
         return False
     problems = check_workflow_config(config)
     if problems:
-        raise WorkflowError("the runs' training configs have problems:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise WorkflowError(
+            "the runs' training configs have problems:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+        )
     return True
 
 
@@ -48,7 +58,8 @@ def checked():
     """A compute job's input that orders it after the config check: none where the check ran at DAG
     build; else the check_config job's marker (ancient: a re-check after an edit reruns nothing).
     (A Snakemake quirk: while the marker is being made, the jobs after it are not checked for their
-    own reasons to rerun; under --use-conda the command after an edit may then run the check alone.)"""
+    own reasons to rerun; under --use-conda the command after an edit may then run the check alone.)
+    """
     return [] if CHECKED_AT_BUILD else [ancient(CHECKED)]
 
 
@@ -59,12 +70,15 @@ wildcard_constraints:
 
 def folder_of(name):
     """A params function: the folder holding the rule's output (or input) file `name`."""
-    return lambda wildcards, input, output: os.path.dirname(output.get(name) or input.get(name))
+    return lambda wildcards, input, output: os.path.dirname(
+        output.get(name) or input.get(name)
+    )
 
 
 def all_cores(cluster_threads=8):
     """Threads of a job that uses every core: all local cores, or `cluster_threads` under a
-    cluster executor, where snakemake has no core count (workflow.cores raises there)."""
+    cluster executor, where snakemake has no core count (workflow.cores raises there).
+    """
     try:
         return workflow.cores
     except WorkflowError:
@@ -86,11 +100,15 @@ def prior_marker(scale):
     every model the runs load found in the local Hugging Face cache."""
     if scale == "sd15":
         return f"{RUNS}/sd15/models_available.txt"
-    return f"{prior_dir(scale)}/" + ("config.json" if scale == "toy2d" else "model_index.json")
+    return f"{prior_dir(scale)}/" + (
+        "config.json" if scale == "toy2d" else "model_index.json"
+    )
 
 
 REWARD_MODEL = f"{RUNS}/tiny/reward/emoji_classifier.safetensors"  # the learned reward (emoji_class)
-FEATURES = f"{RUNS}/tiny/features/emoji_classifier.safetensors"  # the tiny evaluation network
+FEATURES = (
+    f"{RUNS}/tiny/features/emoji_classifier.safetensors"  # the tiny evaluation network
+)
 
 
 def model_option(scale):
@@ -101,14 +119,17 @@ def model_option(scale):
 def run_models(wildcards):
     """What a run loads besides the prior: the learned reward, and the tiny evaluation network."""
     return ([REWARD_MODEL] if wildcards.reward == "emoji_class" else []) + (
-        [FEATURES] if wildcards.scale == "tiny" else [])
+        [FEATURES] if wildcards.scale == "tiny" else []
+    )
 
 
 # -- the grid of runs, in jobs --------------------------------------------------------------------
 def budget_options(scale):
     """The run command's overrides of the scale's train_config (its `budget`)."""
     flags = {"rounds": "--rounds", "trajectories_per_round": "--trajectories"}
-    return " ".join(f"{flags[k]} {v}" for k, v in config[scale].get("budget", {}).items())
+    return " ".join(
+        f"{flags[k]} {v}" for k, v in config[scale].get("budget", {}).items()
+    )
 
 
 def chunks(items, size):
@@ -121,8 +142,15 @@ def groups(scale, protocol):
     """A job's runs as a wildcard: `s0-1-2` (seeds) or `p0-1-2-3` (tuning grid points)."""
     c = config[scale]
     if protocol == "tune":
-        return ["p" + "-".join(map(str, g)) for g in chunks(list(range(c["tune"]["runs_per_method"])), c["runs_per_job"])]
-    return ["s" + "-".join(map(str, g)) for g in chunks(list(c["seeds"]), c["runs_per_job"])]
+        return [
+            "p" + "-".join(map(str, g))
+            for g in chunks(
+                list(range(c["tune"]["runs_per_method"])), c["runs_per_job"]
+            )
+        ]
+    return [
+        "s" + "-".join(map(str, g)) for g in chunks(list(c["seeds"]), c["runs_per_job"])
+    ]
 
 
 def group_members(group):
@@ -131,23 +159,32 @@ def group_members(group):
 
 def records(scale, protocol, reward=None):
     c = config[scale]
-    return expand(f"{RUNS}/records/{scale}/{protocol}/{{reward}}/{{method}}/{{group}}.json",
-                  reward=[reward] if reward else c["rewards"], method=c["methods"], group=groups(scale, protocol))
+    return expand(
+        f"{RUNS}/records/{scale}/{protocol}/{{reward}}/{{method}}/{{group}}.json",
+        reward=[reward] if reward else c["rewards"],
+        method=c["methods"],
+        group=groups(scale, protocol),
+    )
 
 
 def prior_records(scale):
-    return expand(f"{RUNS}/records/{scale}/prior/{{reward}}.json", reward=config[scale]["rewards"])
+    return expand(
+        f"{RUNS}/records/{scale}/prior/{{reward}}.json", reward=config[scale]["rewards"]
+    )
 
 
 def shared_settings(scale, protocol):
     """Settings of every run that the workflow decides (JSON for `nabla runs --set`): the tiny
-    evaluation network of the dense diversity and FID; tuning runs measure the validation split only."""
+    evaluation network of the dense diversity and FID; tuning runs measure the validation split only.
+    """
     settings = {}
     if scale == "tiny":
         settings["eval_features"] = f"emoji={os.path.dirname(FEATURES)}"
     if scale == "sd15":
-        settings.update(eval_features=config[scale]["evaluation"]["features"],
-                        eval_fid_features=config[scale]["evaluation"]["fid_features"])
+        settings.update(
+            eval_features=config[scale]["evaluation"]["features"],
+            eval_fid_features=config[scale]["evaluation"]["fid_features"],
+        )
     if protocol == "tune":
         settings["eval_splits"] = ["validation"]
     return json.dumps(settings)
@@ -163,8 +200,17 @@ def evaluation_options(scale):
 
 
 # -- results --------------------------------------------------------------------------------------
-PROTOCOL_FILES = ("summary.csv", "curves.csv", "levels.json", "matched.csv", "matched.md", "matched.tex",
-                  "table.md", "table.tex", "samples.json")
+PROTOCOL_FILES = (
+    "summary.csv",
+    "curves.csv",
+    "levels.json",
+    "matched.csv",
+    "matched.md",
+    "matched.tex",
+    "table.md",
+    "table.tex",
+    "samples.json",
+)
 FIGURE_KINDS = ("curves", "frontier", "tradeoff", "samples")
 
 
@@ -178,16 +224,26 @@ def tunes(scale):
 
 
 def figure_files(tree, scale, protocol):
-    return expand(f"{tree}/{scale}/{protocol}/figures/{{kind}}_{{reward}}.{{ext}}", kind=FIGURE_KINDS,
-                  reward=config[scale]["rewards"], ext=["png", "pdf"])
+    return expand(
+        f"{tree}/{scale}/{protocol}/figures/{{kind}}_{{reward}}.{{ext}}",
+        kind=FIGURE_KINDS,
+        reward=config[scale]["rewards"],
+        ext=["png", "pdf"],
+    )
 
 
 def scale_results(scale):
     """Everything the DAG computes into runs/results/<scale> (what publish copies)."""
-    files = [f"{TREE}/{scale}/{p}/{name}" for p in main_protocols(scale) for name in PROTOCOL_FILES]
+    files = [
+        f"{TREE}/{scale}/{p}/{name}"
+        for p in main_protocols(scale)
+        for name in PROTOCOL_FILES
+    ]
     files += [f for p in main_protocols(scale) for f in figure_files(TREE, scale, p)]
     if tunes(scale):
-        files += [f"{TREE}/{scale}/selected.yaml"] + [f"{TREE}/{scale}/tune/{name}" for name in PROTOCOL_FILES]
+        files += [f"{TREE}/{scale}/selected.yaml"] + [
+            f"{TREE}/{scale}/tune/{name}" for name in PROTOCOL_FILES
+        ]
     if scale == "tiny":
         files.append(f"{TREE}/tiny/prior_samples.png")
     if scale == "toy2d":

@@ -10,12 +10,12 @@ rule train_tiny_reward:
         model=REWARD_MODEL,
     log:
         "logs/tiny/train_reward.log",
+    conda:
+        ENV
+    threads: 1
     params:
         out=folder_of("model"),
         model=config["tiny"]["reward_model"],
-    threads: 1
-    conda:
-        ENV
     shell:
         "python -m nabla train-reward --out {params.out} --data-cache {input.data} --seed {params.model[seed]}"
         " --steps {params.model[steps]} --threads {threads} > {log} 2>&1"
@@ -29,12 +29,12 @@ rule train_tiny_features:
         model=FEATURES,
     log:
         "logs/tiny/train_features.log",
+    conda:
+        ENV
+    threads: 1
     params:
         out=folder_of("model"),
         model=config["tiny"]["features"],
-    threads: 1
-    conda:
-        ENV
     shell:
         "python -m nabla train-features --out {params.out} --data-cache {input.data} --seed {params.model[seed]}"
         " --steps {params.model[steps]} --threads {threads} > {log} 2>&1"

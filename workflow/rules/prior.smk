@@ -9,12 +9,12 @@ rule pretrain_toy2d_prior:
         model=f"{prior_dir('toy2d')}/config.json",
     log:
         "logs/toy2d/pretrain_prior.log",
+    conda:
+        ENV
+    threads: 1
     params:
         out=folder_of("model"),
         prior=config["toy2d"]["prior"],
-    threads: 1
-    conda:
-        ENV
     shell:
         "python -m nabla pretrain --scale toy2d --out {params.out} --seed {params.prior[seed]}"
         " --steps {params.prior[steps]} --threads {threads} > {log} 2>&1"
@@ -40,14 +40,14 @@ rule pretrain_tiny_prior:
         losses=f"{prior_dir('tiny')}/pretrain_log.csv",
     log:
         "logs/tiny/pretrain_prior.log",
-    params:
-        out=folder_of("model"),
-        prior=config["tiny"]["prior"],
+    conda:
+        ENV
     threads: all_cores()
     resources:
         gpu=0,
-    conda:
-        ENV
+    params:
+        out=folder_of("model"),
+        prior=config["tiny"]["prior"],
     shell:
         "python -m nabla pretrain --scale tiny --out {params.out} --data-cache {input.data}"
         " --seed {params.prior[seed]} --vae-steps {params.prior[vae_steps]}"
@@ -58,15 +58,19 @@ rule prior_samples:
     input:
         model=rules.pretrain_tiny_prior.output.model,
     output:
-        report(f"{TREE}/tiny/prior_samples.png", caption="../report/prior_samples.rst", category="tiny"),
+        report(
+            f"{TREE}/tiny/prior_samples.png",
+            caption="../report/prior_samples.rst",
+            category="tiny",
+        ),
     log:
         "logs/tiny/prior_samples.log",
+    conda:
+        ENV
+    threads: all_cores()
     params:
         model=folder_of("model"),
         grid=config["tiny"]["prior_samples"],
-    threads: all_cores()
-    conda:
-        ENV
     shell:
         "python -m nabla sample --model {params.model} --seeds $(seq -s ' ' 0 $(({params.grid[seeds]} - 1)))"
         " --steps {params.grid[steps]} --guidance {params.grid[guidance]} --eta {params.grid[eta]}"
@@ -83,11 +87,14 @@ rule check_sd15_models:
         prior_marker("sd15"),
     log:
         "logs/sd15/check_models.log",
-    params:
-        features=" ".join(f"--features {config['sd15']['evaluation'][k]}" for k in ("features", "fid_features")),
-        rewards=" ".join(f"--reward {r}" for r in config["sd15"]["rewards"]),
     conda:
         ENV
+    params:
+        features=" ".join(
+            f"--features {config['sd15']['evaluation'][k]}"
+            for k in ("features", "fid_features")
+        ),
+        rewards=" ".join(f"--reward {r}" for r in config["sd15"]["rewards"]),
     shell:
         "python -m nabla fetch-models --check --config {input.config} {params.rewards} {params.features}"
         " > {output} 2> {log}"

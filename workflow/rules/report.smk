@@ -8,15 +8,17 @@ rule aggregate:
         priors=lambda w: prior_records(w.scale) if w.protocol != "tune" else [],
     output:
         [f"{TREE}/{{scale}}/{{protocol}}/{name}" for name in PROTOCOL_FILES],
-    wildcard_constraints:
-        protocol="release|tuned|tune",
     log:
         "logs/{scale}/{protocol}/aggregate.log",
-    params:
-        out=lambda w, output: os.path.dirname(output[0]),
-        priors=lambda w, input: f"--priors {' '.join(input.priors)}" if input.priors else "",
+    wildcard_constraints:
+        protocol="release|tuned|tune",
     conda:
         ENV
+    params:
+        out=lambda w, output: os.path.dirname(output[0]),
+        priors=lambda w, input: (
+            f"--priors {' '.join(input.priors)}" if input.priors else ""
+        ),
     shell:
         "python -m nabla aggregate --scale {wildcards.scale} --protocol {wildcards.protocol}"
         " --groups {input.groups} {params.priors} --out {params.out} > {log} 2>&1"
@@ -24,20 +26,33 @@ rule aggregate:
 
 rule figures_of_a_reward:
     input:
-        [f"{{tree}}/{{scale}}/{{protocol}}/{name}" for name in ("summary.csv", "curves.csv", "levels.json", "samples.json")],
+        [
+            f"{{tree}}/{{scale}}/{{protocol}}/{name}"
+            for name in ("summary.csv", "curves.csv", "levels.json", "samples.json")
+        ],
     output:
-        [report(f"{{tree}}/{{scale}}/{{protocol}}/figures/{kind}_{{reward}}.{ext}", caption=f"../report/{kind}.rst",
-                category="{scale}", subcategory="{protocol} protocol") if ext == "png" else
-         f"{{tree}}/{{scale}}/{{protocol}}/figures/{kind}_{{reward}}.{ext}"
-         for kind in FIGURE_KINDS for ext in ("png", "pdf")],
-    wildcard_constraints:
-        protocol="release|tuned",
+        [
+            (
+                report(
+                    f"{{tree}}/{{scale}}/{{protocol}}/figures/{kind}_{{reward}}.{ext}",
+                    caption=f"../report/{kind}.rst",
+                    category="{scale}",
+                    subcategory="{protocol} protocol",
+                )
+                if ext == "png"
+                else f"{{tree}}/{{scale}}/{{protocol}}/figures/{kind}_{{reward}}.{ext}"
+            )
+            for kind in FIGURE_KINDS
+            for ext in ("png", "pdf")
+        ],
     log:
         "logs/{tree}/{scale}/{protocol}/figures_{reward}.log",
-    params:
-        results=lambda w, input: os.path.dirname(input[0]),
+    wildcard_constraints:
+        protocol="release|tuned",
     conda:
         ENV
+    params:
+        results=lambda w, input: os.path.dirname(input[0]),
     shell:
         "python -m nabla figures --scale {wildcards.scale} --results {params.results} --reward {wildcards.reward}"
         " > {log} 2>&1"
@@ -53,12 +68,12 @@ rule toy2d_exactness:
         md=f"{TREE}/toy2d/exactness.md",
     log:
         "logs/toy2d/exactness.log",
+    conda:
+        ENV
+    threads: 1
     params:
         rewards=lambda w: " ".join(config["toy2d"]["rewards"]),
         samples=lambda w: config["toy2d"]["evaluation"]["samples"],
-    threads: 1
-    conda:
-        ENV
     shell:
         "python -m nabla exactness --config {input.config} --rewards {params.rewards} --priors {input.priors}"
         " --samples {params.samples} --out {output.csv} --threads {threads} > {log} 2>&1"
@@ -71,11 +86,11 @@ rule publish:
         f"{RUNS}/published/{{scale}}.json",
     log:
         "logs/{scale}/publish.log",
+    conda:
+        ENV
     params:
         source=lambda w: f"{TREE}/{w.scale}",
         to=lambda w: f"results/{w.scale}",
-    conda:
-        ENV
     shell:
         "python -m nabla publish --source {params.source} --to {params.to} --marker {output} > {log} 2>&1"
 
@@ -83,4 +98,9 @@ rule publish:
 # Redraw every committed figure from the committed results alone (no run folder, no training).
 rule figures:
     input:
-        [f for scale in config["scales"] for p in main_protocols(scale) for f in figure_files("results", scale, p)],
+        [
+            f
+            for scale in config["scales"]
+            for p in main_protocols(scale)
+            for f in figure_files("results", scale, p)
+        ],

@@ -8,27 +8,31 @@ rule runs:
         prior=lambda w: prior_marker(w.scale),
         config=lambda w: config[w.scale]["train_config"],
         models=run_models,
-        selected=lambda w: [f"{TREE}/{w.scale}/selected.yaml"] if w.protocol == "tuned" else [],
+        selected=lambda w: (
+            [f"{TREE}/{w.scale}/selected.yaml"] if w.protocol == "tuned" else []
+        ),
         checked=checked(),
     output:
         f"{RUNS}/records/{{scale}}/{{protocol}}/{{reward}}/{{method}}/{{group}}.json",
-    wildcard_constraints:
-        protocol="release|tuned",
     log:
         "logs/{scale}/{protocol}/{reward}/{method}/{group}.log",
+    wildcard_constraints:
+        protocol="release|tuned",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        gpu=gpus,
     params:
         root=lambda w: f"{RUNS}/{w.scale}/{w.protocol}/{w.reward}/{w.method}",
         seeds=lambda w: group_members(w.group),
         model=lambda w: model_option(w.scale),
         budget=lambda w: budget_options(w.scale),
         settings=lambda w: shared_settings(w.scale, w.protocol),
-        selected=lambda w, input: f"--selected {input.selected[0]}" if input.selected else "",
+        selected=lambda w, input: (
+            f"--selected {input.selected[0]}" if input.selected else ""
+        ),
         evaluation=lambda w: evaluation_options(w.scale),
-    threads: 1
-    resources:
-        gpu=gpus,
-    conda:
-        ENV
     shell:
         "python -m nabla runs --scale {wildcards.scale} --protocol {wildcards.protocol}"
         " --method {wildcards.method} --reward {wildcards.reward} --seeds {params.seeds}"
@@ -46,14 +50,14 @@ rule evaluate_prior:
         f"{RUNS}/records/{{scale}}/prior/{{reward}}.json",
     log:
         "logs/{scale}/prior/{reward}.log",
-    params:
-        model=lambda w: model_option(w.scale),
-        evaluation=lambda w: evaluation_options(w.scale),
+    conda:
+        ENV
     threads: 1
     resources:
         gpu=gpus,
-    conda:
-        ENV
+    params:
+        model=lambda w: model_option(w.scale),
+        evaluation=lambda w: evaluation_options(w.scale),
     shell:
         "python -m nabla evaluate-prior --config {input.config} --reward {wildcards.reward} {params.model}"
         " {params.evaluation} --out {output} --threads {threads} > {log} 2>&1"

@@ -13,6 +13,11 @@ rule tune_runs:
         f"{RUNS}/records/{{scale}}/tune/{{reward}}/{{method}}/{{group}}.json",
     log:
         "logs/{scale}/tune/{reward}/{method}/{group}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        gpu=gpus,
     params:
         root=lambda w: f"{RUNS}/{w.scale}/tune/{w.reward}/{w.method}",
         grid=lambda w: json.dumps(config[w.scale]["tune"]["grids"][w.method]),
@@ -21,11 +26,6 @@ rule tune_runs:
         model=lambda w: model_option(w.scale),
         budget=lambda w: budget_options(w.scale),
         settings=lambda w: shared_settings(w.scale, "tune"),
-    threads: 1
-    resources:
-        gpu=gpus,
-    conda:
-        ENV
     shell:
         "python -m nabla runs --scale {wildcards.scale} --protocol tune"
         " --method {wildcards.method} --reward {wildcards.reward} --seeds {params.seed}"
@@ -41,10 +41,10 @@ rule select_settings:
         f"{TREE}/{{scale}}/selected.yaml",
     log:
         "logs/{scale}/select.log",
-    params:
-        level=lambda w: config[w.scale]["tune"]["level"],
     conda:
         ENV
+    params:
+        level=lambda w: config[w.scale]["tune"]["level"],
     shell:
         "python -m nabla select --scale {wildcards.scale} --groups {input} --level {params.level}"
         " --out {output} > {log} 2>&1"

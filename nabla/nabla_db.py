@@ -24,15 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nabla import diffusion, objectives
 from nabla.flow import build_flow_network
-from nabla.methods import (
-    LossOutput,
-    Method,
-    Rollouts,
-    Transitions,
-    iterate_transition_plan,
-    register_method,
-    subsample_transitions,
-)
+from nabla.methods import LossOutput, Method, Rollouts, Transitions, register_method
 
 
 @dataclass
@@ -94,13 +86,7 @@ class _NablaGFlowNet(Method):
         return {"flow": self.flow} if self.flow is not None else {}
 
     def plan(self, batch: Rollouts, generator: torch.Generator):
-        o = self.options
-        num_steps = batch.trajectory.timesteps.numel()
-        steps = [
-            subsample_transitions(num_steps, o.transition_fraction, o.stratified, generator)
-            for _ in batch.prompts
-        ]
-        return iterate_transition_plan(batch, steps, o.updates_per_round, o.microbatch_size)
+        return self.subsampled_transition_plan(batch, generator)
 
     # -- pieces of the loss ---------------------------------------------------------------------
     def _reward_gradient(self, x: torch.Tensor, x0_hat: torch.Tensor, prompts) -> torch.Tensor:
@@ -215,6 +201,7 @@ class ResidualNablaDB(_NablaGFlowNet):
     """Residual ∇-DB: match θ's scores to κ × the prior's plus the residual flow score."""
 
     name = "residual_nabla_db"
+    label, color = "residual ∇-DB", "#d62728"  # in tables and figures
     target = "tilted"
 
     @classmethod
@@ -237,6 +224,7 @@ class NablaDB(_NablaGFlowNet):
     """Plain ∇-DB: match θ's scores to the backward kernel's plus the flow score (target exp(βr))."""
 
     name = "nabla_db"
+    label, color = "∇-DB", "#ff9896"  # in tables and figures
     target = "reward_only"
 
     @classmethod
