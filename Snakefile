@@ -15,7 +15,9 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 
 
-CHECKED_AT_BUILD = validate_config(config, "workflow/schemas/config.schema.yaml")
+CHECKED_AT_BUILD = validate_config(
+    config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
+)
 
 
 include: "workflow/rules/check.smk"

@@ -196,6 +196,31 @@ def snakemake(folder: Path, *args: str, env=None, timeout=900) -> subprocess.Com
                           text=True, timeout=timeout, env=env)
 
 
+def test_a_scale_needs_its_section_only_where_scales_lists_it():
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    toy = {"toy2d": default_config()["toy2d"]}
+    jsonschema.validate({"scales": ["toy2d"], **toy}, schema)
+    for config in ({"scales": ["toy2d", "tiny"], **toy}, toy):  # tiny listed, or by the default scales
+        with pytest.raises(jsonschema.ValidationError, match="'tiny' is a required property"):
+            jsonschema.validate(config, schema)
+
+
+@pytest.mark.slow
+def test_the_dot_test_config_runs_the_whole_workflow_in_its_own_folder(tmp_path):
+    """The catalog's convention: `snakemake --cores 2 --directory .test` (here a copy of .test/)."""
+    import shutil
+
+    shutil.copytree(ROOT / ".test" / "config", tmp_path / "config")
+    result = snakemake(ROOT, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    summary = pd.read_csv(tmp_path / "results/toy2d/release/summary.csv")
+    assert set(summary["method"]) == {"pretrained", "residual_nabla_db", "ddpo", "rtb"}
+    assert (tmp_path / "results/toy2d/exactness.md").exists() and not (tmp_path / "results/tiny").exists()
+    assert (tmp_path / "runs/toy2d/prior/config.json").exists()  # everything under its own folder
+
+
 def toy_workflow(folder: Path, rounds: int, checkpoint_every: int) -> None:
     """One toy2d run (residual ∇-DB, linear, seed 0): a workflow a crash test can kill in seconds."""
     copy_workflow(folder)

@@ -15,7 +15,7 @@ rule train_tiny_reward:
     threads: 1
     params:
         out=folder_of("model"),
-        model=config["tiny"]["reward_model"],
+        model=lambda w: config["tiny"]["reward_model"],
     shell:
         "python -m nabla train-reward --out {params.out} --data-cache {input.data} --seed {params.model[seed]}"
         " --steps {params.model[steps]} --threads {threads} > {log} 2>&1"
@@ -34,7 +34,7 @@ rule train_tiny_features:
     threads: 1
     params:
         out=folder_of("model"),
-        model=config["tiny"]["features"],
+        model=lambda w: config["tiny"]["features"],
     shell:
         "python -m nabla train-features --out {params.out} --data-cache {input.data} --seed {params.model[seed]}"
         " --steps {params.model[steps]} --threads {threads} > {log} 2>&1"

@@ -14,7 +14,7 @@ rule pretrain_toy2d_prior:
     threads: 1
     params:
         out=folder_of("model"),
-        prior=config["toy2d"]["prior"],
+        prior=lambda w: config["toy2d"]["prior"],
     shell:
         "python -m nabla pretrain --scale toy2d --out {params.out} --seed {params.prior[seed]}"
         " --steps {params.prior[steps]} --threads {threads} > {log} 2>&1"
@@ -47,7 +47,7 @@ rule pretrain_tiny_prior:
         gpu=0,
     params:
         out=folder_of("model"),
-        prior=config["tiny"]["prior"],
+        prior=lambda w: config["tiny"]["prior"],
     shell:
         "python -m nabla pretrain --scale tiny --out {params.out} --data-cache {input.data}"
         " --seed {params.prior[seed]} --vae-steps {params.prior[vae_steps]}"
@@ -70,7 +70,7 @@ rule prior_samples:
     threads: all_cores()
     params:
         model=folder_of("model"),
-        grid=config["tiny"]["prior_samples"],
+        grid=lambda w: config["tiny"]["prior_samples"],
     shell:
         "python -m nabla sample --model {params.model} --seeds $(seq -s ' ' 0 $(({params.grid[seeds]} - 1)))"
         " --steps {params.grid[steps]} --guidance {params.grid[guidance]} --eta {params.grid[eta]}"
