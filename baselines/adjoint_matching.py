@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from nabla import diffusion
-from nabla.methods import LossOutput, Method, Rollouts, Transitions, pair_plan, register_method
+from nabla.methods import LossOutput, Method, Rollouts, Transitions, pair_plan, register_method, trajectory_step_pairs
 
 
 @dataclass
@@ -139,11 +139,8 @@ class AdjointMatching(Method):
     def plan(self, batch: Rollouts, generator: torch.Generator) -> list[list[AdjointTransitions]]:
         o = self.options
         num_steps = batch.trajectory.timesteps.numel()
-        pairs = torch.cat([
-            torch.stack([torch.full_like(s, b), s], dim=1)
-            for b in range(len(batch.prompts))
-            for s in [time_indices(num_steps, o.early_steps, o.late_steps, o.late_fraction, generator)]
-        ])
+        pairs = trajectory_step_pairs([time_indices(num_steps, o.early_steps, o.late_steps, o.late_fraction, generator)
+                                       for _ in batch.prompts])
         adjoints = batch.extras["adjoints"]
         return [[AdjointTransitions(tr, adjoints[part[:, 1], part[:, 0]]) for tr, part in update]
                 for update in pair_plan(batch, pairs, o.updates_per_round, o.microbatch_size)]

@@ -144,7 +144,9 @@ class RelativeTrajectoryBalance(Method):
         # ℓ_t now − ℓ_t at sampling = log P_F^θ − log P_F^{θ_old} (the prior's side cancels)
         sampled = tr.log_prob_old * math.prod(tr.x_t.shape[1:])
         change = (log_prob - sampled).view(n, -1).sum(dim=1)
-        log_z = self.log_z(self.backend.encode_prompts(micro.prompts) if self.options.log_z_conditioned else None, n)
+        # the transitions' conditioning is trajectory-major, k rows a trajectory: one row each
+        prompt_cond = cond[:: len(tr.prompts) // n] if cond is not None and self.options.log_z_conditioned else None
+        log_z = self.log_z(prompt_cond, n)
         delta = rtb_residual(log_z, micro.sampled_log_ratio_sum + change, micro.rewards, self.options.reward_scale)
         return LossOutput(delta.square().mean(), {
             "log_z_mean": log_z.mean().item(),

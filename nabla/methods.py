@@ -321,9 +321,13 @@ def shuffled_transition_pairs(
     """(N, 2) (trajectory, step) pairs: k = max(1, round(fraction · T)) random steps of every
     trajectory, then one shuffle of all pairs (DDPO's and DPOK's sampling of a round)."""
     k = max(1, round(fraction * num_steps))
-    steps = [torch.randperm(num_steps, generator=generator)[:k] for _ in range(num_trajectories)]
-    pairs = torch.cat([torch.stack([torch.full_like(s, b), s], dim=1) for b, s in enumerate(steps)])
+    pairs = trajectory_step_pairs([torch.randperm(num_steps, generator=generator)[:k] for _ in range(num_trajectories)])
     return pairs[torch.randperm(len(pairs), generator=generator)]
+
+
+def trajectory_step_pairs(steps_per_trajectory: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(N, 2) (trajectory, step) pairs of each trajectory b's chosen steps, trajectory-major."""
+    return torch.cat([torch.stack([torch.full_like(s, b), s], dim=1) for b, s in enumerate(steps_per_trajectory)])
 
 
 def pair_plan(batch: Rollouts, pairs: torch.Tensor, updates: int, microbatch_size: int) -> list[list[tuple[Transitions, torch.Tensor]]]:
