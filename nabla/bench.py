@@ -10,6 +10,12 @@ rounds through the real :class:`~nabla.trainer.Trainer` and reports, per method:
 * the denoiser passes: latent rows through the denoiser forward (a CFG pair counts 2) and
   vector-Jacobian products back through it, split by adapter on (θ) or off (the prior), per
   trajectory of a round's collection and, for the transition-based methods, per trained transition;
+* the FLOPs one update's math needs (matmuls and convolutions, forward and backward, counted by
+  ``torch.utils.flop_counter`` over a real round: its collection and its updates, per update),
+  the FLOP rate the update achieves, and its seconds over the *floor*, those FLOPs at the rate of
+  a large float32 matmul on this machine (timed in the same run): the distance to the physical limit;
+* where a round's seconds go: collection (sampling, decode, reward, what a method adds) against
+  the updates (losses, backward passes, optimiser);
 * the reward on the held-out prompts against training seconds (a figure).
 
 At the image scales it also times the sampler against diffusers' own
@@ -31,6 +37,8 @@ from typing import Callable, Iterator, Sequence
 
 import pandas as pd
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from nabla.methods import Transitions, available_methods
 from nabla.sampling import rollout
@@ -97,6 +105,67 @@ def peak_memory(device: torch.device) -> Iterator[dict]:
         done.set()
         thread.join()
         result["mib"] = max(0, max(peak[0], _resident_bytes()) - base) / 2**20
+
+
+def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
+    """The float32 rate of an n×n by n×n matmul (2n³ FLOPs), median over ``repeats``."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / median_seconds(lambda: a @ b, repeats)
+
+
+class MathFlops(TorchDispatchMode):
+    """Counts the FLOPs of every op ``torch.utils.flop_counter`` has a formula for (matmuls,
+    convolutions, attention; forward and backward). FlopCounterMode itself cannot be used here:
+    its module tracker refuses the ``autograd.grad`` calls inside the ∇-GFlowNets' losses."""
+
+    def __init__(self):
+        super().__init__()
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.flops += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def round_flops(trainer: Trainer) -> dict[str, float]:
+    """FLOPs of one round (collection, then every update of its plan), in total and per update.
+    Run after the timed rounds: it trains the model one round further."""
+    with MathFlops() as collect:
+        batch = trainer._collect()
+    plan = trainer.method.plan(batch, round_generator(trainer.cfg.seed, trainer.round))
+    with MathFlops() as update:
+        for microbatches in plan:
+            trainer._update(microbatches)
+    return {"collect_flops_per_round": collect.flops, "update_flops_per_round": update.flops,
+            "flops_per_update": (collect.flops + update.flops) / len(plan)}
+
+
+@contextmanager
+def phase_seconds(trainer: Trainer) -> Iterator[Counter]:
+    """Wall seconds the trainer spends collecting and updating inside the block."""
+    seconds: Counter = Counter()
+    originals = {"collect": trainer._collect, "update": trainer._update}
+
+    def timed(name, fn):
+        def call(*args):
+            start = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                seconds[name] += time.perf_counter() - start
+        return call
+
+    for name, fn in originals.items():
+        setattr(trainer, f"_{name}", timed(name, fn))  # instance attributes shadow the methods
+    try:
+        yield seconds
+    finally:
+        for name in originals:
+            delattr(trainer, f"_{name}")
 
 
 @contextmanager
@@ -224,8 +293,9 @@ def bench_method(config: str | Path, method: str, reward: str, rounds: int, eval
                             eval_samples_per_prompt=eval_samples, eval_splits=("evaluation",))
     cfg = trainer.cfg
     passes = denoiser_passes(trainer)
-    with peak_memory(trainer.backend.device) as memory:
+    with peak_memory(trainer.backend.device) as memory, phase_seconds(trainer) as phases:
         summary = trainer.run()
+    flops = round_flops(trainer) if "diverged_at" not in summary else {}
     train_log = pd.read_csv(out / "train_log.csv")
     # Seconds per update from the rounds after the first (warm-up), each round's time over its updates.
     rounds = train_log.groupby("round").agg(seconds=("seconds", "max"), updates=("step", "count"))
@@ -234,7 +304,8 @@ def bench_method(config: str | Path, method: str, reward: str, rounds: int, eval
     row = {
         "scale": cfg.scale, "method": method, "reward": reward, "rounds": summary["rounds"], "updates": summary["updates"],
         "trajectories_per_round": cfg.trajectories_per_round, "seconds_per_update": per_update,
-        "peak_memory_mib": memory["mib"], "diverged": "diverged_at" in summary, **passes,
+        "peak_memory_mib": memory["mib"], "diverged": "diverged_at" in summary, **passes, **flops,
+        "collect_share": phases["collect"] / (phases["collect"] + phases["update"]),
     }
     curve = pd.read_csv(out / "eval_log.csv").assign(scale=cfg.scale, method=method, seed=seed, diverged=row["diverged"])
     return row, curve
@@ -251,6 +322,7 @@ def run_bench(scale: str, config: str | Path, reward: str, rounds: int, eval_eve
         reference = bench_trainer(config, "draft", reward, Path(tmp) / "unit", device)
         batch, guidance = reference.cfg.trajectories_per_round, reference.cfg.sampler.guidance_scale
         units = [denoiser_unit_seconds(reference.backend, batch, guidance)]
+        rates = [matmul_flops_per_second()]
         for method in methods or available_methods():
             row, curve = bench_method(config, method, reward, rounds, eval_every, eval_samples,
                                       Path(tmp) / method, device)
@@ -259,9 +331,14 @@ def run_bench(scale: str, config: str | Path, reward: str, rounds: int, eval_eve
             rows.append(row)
             curves.append(curve)
         units.append(denoiser_unit_seconds(reference.backend, batch, guidance))
+        rates.append(matmul_flops_per_second())
     unit = statistics.fmean(units)
-    methods_frame = pd.DataFrame(rows).assign(denoiser_unit_seconds=unit)
+    methods_frame = pd.DataFrame(rows).assign(denoiser_unit_seconds=unit, matmul_flops_per_second=statistics.fmean(rates))
     methods_frame["denoiser_equivalents_per_update"] = methods_frame["seconds_per_update"] / unit
+    if "flops_per_update" in methods_frame:
+        methods_frame["achieved_flops_per_second"] = methods_frame["flops_per_update"] / methods_frame["seconds_per_update"]
+        floor = methods_frame["flops_per_update"] / methods_frame["matmul_flops_per_second"]
+        methods_frame["over_floor"] = methods_frame["seconds_per_update"] / floor
     frames = {"methods": methods_frame, "curves": pd.concat(curves, ignore_index=True)}
     if scale != "toy2d":
         cfg = load_train_config(config, "residual_nabla_db", reward, 0)
@@ -315,6 +392,8 @@ def markdown_table(methods: pd.DataFrame, sampler: pd.DataFrame | None) -> str:
                 f"| {row['peak_memory_mib']:.0f} | {passes[0]} | {passes[1]} |"
             )
         lines.append("")
+        if "flops_per_update" in frame:
+            lines += flop_lines(frame)
     if sampler is not None and len(sampler):
         lines += [
             "### The sampler against diffusers' `StableDiffusionPipeline.__call__` (median seconds)",
@@ -330,6 +409,30 @@ def markdown_table(methods: pd.DataFrame, sampler: pd.DataFrame | None) -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def flop_lines(frame: pd.DataFrame) -> list[str]:
+    """One scale's distance to the FLOP floor, and where a round's seconds go."""
+    from nabla.report.figures import method_label
+
+    rate = frame["matmul_flops_per_second"].iloc[0]
+    lines = [
+        f"FLOPs: matmuls and convolutions of one real round (collection + updates) per update "
+        f"(torch.utils.flop_counter); floor = those FLOPs at this run's 2048³ float32 matmul rate, "
+        f"{rate / 1e9:.1f} GFLOP/s. Collection = sampling, decode, reward and what the method adds.",
+        "",
+        "| method | GFLOP / update | of which collection | achieved GFLOP/s | s / update over the floor | collection's share of the seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for _, row in frame.iterrows():
+        if pd.isna(row.get("flops_per_update")):
+            continue
+        collect_share = row["collect_flops_per_round"] / (row["collect_flops_per_round"] + row["update_flops_per_round"])
+        lines.append(
+            f"| {method_label(row['method'])} | {row['flops_per_update'] / 1e9:.1f} | {collect_share:.0%} "
+            f"| {row['achieved_flops_per_second'] / 1e9:.1f} | {row['over_floor']:.1f}× | {row['collect_share']:.0%} |"
+        )
+    return lines + [""]
 
 
 def has_values(row: pd.Series, columns: Sequence[str]) -> bool:

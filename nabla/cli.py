@@ -101,6 +101,33 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(f"wrote {path} ({len(args.prompts)} prompts x {len(args.seeds)} seeds)")
 
 
+def cmd_prior_quality(args: argparse.Namespace) -> None:
+    _set_threads(args.threads)
+    import torch
+
+    from nabla.data import openmoji
+    from nabla.metrics.features import build_features
+    from nabla.models.sd import SDBackend
+    from nabla.prior_quality import prior_quality, quality_markdown
+    from nabla.rewards.learned import load_emoji_classifier
+
+    torch.manual_seed(0)
+    backend = SDBackend.from_pretrained(args.model)
+    settings = json.loads((Path(args.model) / "pretrain_config.json").read_text())
+    train, _ = openmoji.split(openmoji.load_openmoji(args.data_cache, size=settings["image_size"]),
+                              heldout_fraction=settings["heldout_fraction"], seed=settings["seed"])
+    sampler = {"num_steps": args.steps, "eta": args.eta, "guidance_scale": args.guidance}
+    table = prior_quality(backend, train, load_emoji_classifier(args.classifier).eval(),
+                          build_features(args.features).eval(), range(args.samples), sampler)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out.with_suffix(".csv"), index=False, float_format="%.4g")
+    caption = (f"The prior's samples per prompt word ({args.samples} seeds, DDIM {args.steps} steps, eta={args.eta}, "
+               f"CFG {args.guidance}) against the word's training images; nabla/prior_quality.py defines each column.")
+    out.with_suffix(".md").write_text(quality_markdown(table, caption))
+    print(table.to_string(index=False))
+
+
 def _run_overrides(args: argparse.Namespace) -> dict:
     """TrainConfig keys set on the command line (None: not given)."""
     return {"rounds": args.rounds, "trajectories_per_round": args.trajectories, "model": args.model,
@@ -349,6 +376,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--fid-features", help="images: the feature extractor of FID-to-prior (sd15: inception)")
         p.add_argument("--samples", type=int, default=4000, help="toy2d: samples; images: images per evaluation prompt")
 
+    p = commands.add_parser("prior-quality", help="tiny: per prompt word, the share of the prior's samples the "
+                            "classifier recognises, their diversity and their coverage of the word's training images")
+    p.add_argument("--model", required=True, help="the tiny prior's folder")
+    p.add_argument("--classifier", required=True, help="the learned reward's folder (python -m nabla train-reward)")
+    p.add_argument("--features", required=True, help="emoji=DIR: the evaluation features (python -m nabla train-features)")
+    p.add_argument("--data-cache", default=DEFAULT_DATA_CACHE)
+    p.add_argument("--samples", type=int, default=32, help="samples per prompt word (seeds 0..N-1)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--eta", type=float, default=1.0)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--out", required=True, help="the table's path without suffix: writes .csv and .md")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_prior_quality)
+
     p = commands.add_parser("train", help="fine-tune the prior with one method on one reward (resumes a run folder)")
     run_options(p, seeds=False)
     p.add_argument("--out", required=True, help="run folder (resumed from its checkpoint if present)")
@@ -496,10 +537,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_library_bars() -> None:
+    import importlib
+
+    for name in ("diffusers", "transformers"):
+        try:
+            importlib.import_module(f"{name}.utils.logging").disable_progress_bar()
+        except ImportError:  # not installed: nothing of it draws a bar
+            pass
+
+
 def main(argv: list[str] | None = None) -> None:
     from nabla.hub import MissingModelsError
 
     args = build_parser().parse_args(argv)
+    if not sys.stderr.isatty():
+        # a job log, not a terminal: no carriage-return frames of the libraries' loading bars
+        _quiet_library_bars()
     try:
         args.func(args)
     except MissingModelsError as error:  # any command: the list of missing models and how to fetch them

@@ -63,6 +63,12 @@ def own_target(reward, prior, method: str, method_options, sample_shape):
     return None
 
 
+def reward_moments(rewards: torch.Tensor) -> dict[str, float]:
+    """Mean, sample std and the mean's standard error of one evaluation's rewards."""
+    std = rewards.std().item()
+    return {"reward_mean": rewards.mean().item(), "reward_std": std, "reward_sem": std / len(rewards) ** 0.5}
+
+
 class Toy2dEvaluator:
     """toy2d metrics of a backend's samples against the exact targets of one run.
 
@@ -89,7 +95,7 @@ class Toy2dEvaluator:
 
     def measure(self, x: torch.Tensor) -> dict[str, float]:
         rewards = self.reward(x, None)
-        row = {"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item(),
+        row = {**reward_moments(rewards),
                "energy_distance_target": NAN, "mass_tv_target": NAN, "energy_distance_own_target": NAN}
         first, *others = self.references.values()
         row.update(zip(self.references, first.energy_distances(x, *others)))
@@ -142,7 +148,7 @@ class ImageEvaluator:
     @torch.no_grad()
     def measure(self, images: torch.Tensor, prompts: list[str], split: str) -> dict[str, float]:
         rewards = self.reward(images, prompts)
-        row = {"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item()}
+        row = reward_moments(rewards)
         if self.features is not None:
             (f, g), (_, g_prior) = self._embed(images), self.prior_features(split)
             row["diversity"] = diversity(f, prompts, getattr(self.features, "distance", "cosine"))

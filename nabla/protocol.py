@@ -10,6 +10,10 @@
   A run crosses L at the first (linearly interpolated) round where its validation reward reaches
   it; what it is compared on (its divergences) is read at that round from its evaluation split
   (the validation split for tuning runs), interpolated the same way.
+* Plateau: a run's budget was enough when its validation reward has flattened: the least-squares
+  line through the last half of its evaluations rises (or falls) over that half by less than a
+  tenth of the run's whole change from the prior, or by less than two standard errors of one
+  evaluation's mean, whichever is larger (:func:`plateaued`). A diverged run counts as collapsed.
 * Selection: per (reward, method), the grid point with the lowest divergence at the level
   ``tune.level`` among those that reach it; if none does, the one whose reward got closest to it.
   The divergence is the energy distance to p#·exp(βr) at toy2d and FID-to-prior at the image scales.
@@ -46,6 +50,23 @@ def level(prior_reward: float, reference_reward: float, fraction: float) -> floa
 def reward_fraction(reward: float, prior_reward: float, reference_reward: float) -> float:
     """How far a reward is from the prior's towards the reference (0 at the prior, 1 there)."""
     return (reward - prior_reward) / (reference_reward - prior_reward)
+
+
+#: the share of a run's whole change that its last half may still add and count as flat
+PLATEAU_SHARE = 0.1
+
+
+def plateaued(rounds: Sequence[float], rewards: Sequence[float], standard_error: float) -> bool:
+    """Whether a validation reward curve has flattened (module docstring); needs ≥ 3 evaluations."""
+    if len(rounds) < 3:
+        raise ValueError(f"a plateau needs at least 3 evaluations, got {len(rounds)}")
+    half = math.ceil(len(rounds) / 2)  # the last half, the middle evaluation included
+    x = pd.Series(rounds[-half:], dtype=float)
+    y = pd.Series(rewards[-half:], dtype=float)
+    slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
+    rise = abs(slope * (x.iloc[-1] - x.iloc[0]))
+    change = abs(rewards[-1] - rewards[0])
+    return bool(rise < max(PLATEAU_SHARE * change, 2 * standard_error))
 
 
 def first_crossing(rounds: Sequence[float], rewards: Sequence[float], target: float) -> float | None:

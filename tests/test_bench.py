@@ -28,10 +28,17 @@ def test_bench_writes_every_method_row_curve_and_table(toy_prior_dir, tmp_path):
     assert methods.loc["residual_nabla_db", "forward_rows_prior_per_transition"] == 1
     assert pd.isna(methods.loc["draft", "forward_rows_prior_per_transition"])
     assert set(frames["curves"]["round"]) == {0, 1, 2, 3} and "sampler" not in frames
+    # FLOPs: residual ∇-DB's collection is its 8 θ-forwards of each of 16 trajectories through the
+    # MLP's four linear layers (2·in·out a row), plus the LoRA merges and the reward (a few %)
+    widths = [(2 + 64, 128), (128, 128), (128, 128), (128, 2)]
+    expected = 8 * 16 * sum(2 * i * o for i, o in widths)
+    assert expected <= methods.loc["residual_nabla_db", "collect_flops_per_round"] <= 1.1 * expected
+    assert (methods["update_flops_per_round"] > 0).all() and (methods["over_floor"] > 1).all()
+    assert ((methods["collect_share"] > 0) & (methods["collect_share"] < 1)).all()
     written = write_bench(frames, tmp_path / "bench")
     assert {p.name for p in written} >= {"methods.csv", "curves.csv", "bench.md", "reward_toy2d.png"}
     table = (tmp_path / "bench" / "bench.md").read_text()
-    assert "| residual ∇-DB |" in table and "| DRaFT-1 | " in table
+    assert "| residual ∇-DB |" in table and "| DRaFT-1 | " in table and "over the floor" in table
 
 
 def test_ratios_are_to_draft_in_the_same_frame():

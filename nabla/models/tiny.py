@@ -43,8 +43,10 @@ class TinyPriorConfig:
     words: tuple[str, ...] = prompts.TRAIN_WORDS
     heldout_fraction: float = 0.1
     # VAE
-    vae_channels: tuple[int, ...] = (32, 64)
-    vae_steps: int = 350
+    # (16, 32) decodes at a quarter of (32, 64)'s FLOPs, 2.7x faster here, for 0.65 dB of held-out
+    # PSNR (20.6 against 21.3); every reward-gradient method backpropagates through this decoder
+    vae_channels: tuple[int, ...] = (16, 32)
+    vae_steps: int = 500
     vae_batch_size: int = 16
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
@@ -54,9 +56,11 @@ class TinyPriorConfig:
     text_heads: int = 4
     max_prompt_tokens: int = 16
     # UNet
-    unet_channels: tuple[int, ...] = (32, 64, 64)
+    # (16, 32, 64): 2.5x fewer FLOPs than (32, 64, 64), a 2.1x faster sampling forward and 1.5x
+    # faster training step here, so 2200 steps fit where 950 did; results/tiny/prior_quality.md
+    unet_channels: tuple[int, ...] = (16, 32, 64)
     unet_layers_per_block: int = 1
-    unet_steps: int = 950
+    unet_steps: int = 2200
     unet_batch_size: int = 48
     unet_lr: float = 1e-3
     warmup_steps: int = 100

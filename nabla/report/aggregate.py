@@ -21,7 +21,7 @@ from nabla.evaluation import write_json
 from nabla.protocol import SELECTION_DIVERGENCE, at_matched_reward, reward_fraction, select
 from nabla.report.tables import (
     FIGURE_ONLY, LEVELS, MATCHED_COLUMNS, TABLE_COLUMNS, curves_frame, end_of_budget_table, kind, matched_frame,
-    matched_table, mean_vector_table, order_key, reward_levels, summary_frame, tuning_table, write_tables,
+    matched_table, mean_vector_table, order_key, reward_levels, run_plateaus, summary_frame, tuning_table, write_tables,
 )
 from nabla.runs import read_groups
 
@@ -51,8 +51,12 @@ def aggregate(scale: str, protocol: str, groups: Sequence[str | Path], priors: S
     prior_records = [json.loads(Path(p).read_text()) for p in priors]
     written = []
     summary = summary_frame(runs, prior_records)
-    summary.to_csv(out / "summary.csv", index=False)
     curves = curves_frame(runs)
+    plateaus = run_plateaus(curves)
+    if any(v is not None for v in plateaus.values()):  # curves recorded with their standard errors
+        summary["plateaued"] = [plateaus.get(f"{r}/{m}/{run}")
+                                for r, m, run in zip(summary["reward"], summary["method"], summary["run"])]
+    summary.to_csv(out / "summary.csv", index=False)
     curves.to_csv(out / "curves.csv", index=False)
     written += [out / "summary.csv", out / "curves.csv"]
     what = f"{scale}, {protocol} protocol"

@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from nabla.protocol import at_matched_reward, level
+from nabla.protocol import at_matched_reward, level, plateaued
 
 PRIOR_ROW = "pretrained"  # the reference row of every table and figure, before the methods
 
@@ -79,6 +79,19 @@ def summary_frame(runs: Iterable[dict], priors: Iterable[dict] = ()) -> pd.DataF
     return _sorted(pd.DataFrame(rows))
 
 
+def run_plateaus(curves: pd.DataFrame) -> dict[str, bool | None]:
+    """Per run (reward/method/run): whether its validation reward has flattened (None: no
+    standard errors in its curve, recorded before they were, or fewer than 3 evaluations)."""
+    out = {}
+    for (reward, method, run), group in curves[curves["split"] == "validation"].groupby(["reward", "method", "run"]):
+        group = group.sort_values("round")
+        sem = group["reward_sem"].iloc[-1] if "reward_sem" in group else float("nan")
+        known = len(group) >= 3 and math.isfinite(sem)
+        out[f"{reward}/{method}/{run}"] = (plateaued(group["round"].tolist(), group["reward_mean"].tolist(), sem)
+                                           if known else None)
+    return out
+
+
 def curves_frame(runs: Iterable[dict]) -> pd.DataFrame:
     """The dense evaluations of every run: one row per (run, evaluation, split)."""
     frames = [pd.DataFrame(run["curves"]).assign(reward=run["reward"], method=run["method"], run=run["run"],
@@ -127,6 +140,9 @@ def end_of_budget_table(summary: pd.DataFrame, columns: Sequence[str]) -> pd.Dat
         for budget in ("rounds", "updates", "trajectories"):  # the same for every seed unless one diverged
             row[budget] = f"{group[budget].mean():.0f}" if budget in group and method != "pretrained" else "–"
         row["train_seconds"] = mean_std(group["train_seconds"].tolist(), 1) if method != "pretrained" else "–"
+        if "plateaued" in summary:
+            known = group["plateaued"].dropna() if method != "pretrained" else ()
+            row["plateaued"] = f"{int(sum(known))} of {len(known)}" if len(known) else "–"
         for column in columns:
             row[column] = mean_std(group[column].tolist()) if column in group else "–"
         rows.append(row)

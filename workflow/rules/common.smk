@@ -246,6 +246,7 @@ def scale_results(scale):
         ]
     if scale == "tiny":
         files.append(f"{TREE}/tiny/prior_samples.png")
+        files += [f"{TREE}/tiny/prior_quality.{ext}" for ext in ("csv", "md")]
     if scale == "toy2d":
         files += [f"{TREE}/toy2d/exactness.{ext}" for ext in ("csv", "md")]
     return files

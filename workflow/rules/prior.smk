@@ -77,6 +77,34 @@ rule prior_samples:
         " --credit --out {output} --threads {threads} > {log} 2>&1"
 
 
+# How well the prior draws each prompt word, measured: recognised by the learned reward's
+# classifier, diverse, and covering the word's training images (nabla/prior_quality.py).
+rule prior_quality:
+    input:
+        model=rules.pretrain_tiny_prior.output.model,
+        data=rules.render_openmoji.output,
+        classifier=REWARD_MODEL,
+        features=FEATURES,
+    output:
+        multiext(f"{TREE}/tiny/prior_quality", ".csv", ".md"),
+    log:
+        "logs/tiny/prior_quality.log",
+    conda:
+        ENV
+    threads: all_cores()
+    params:
+        model=folder_of("model"),
+        classifier=folder_of("classifier"),
+        features=folder_of("features"),
+        out=f"{TREE}/tiny/prior_quality",
+        grid=lambda w: config["tiny"]["prior_samples"],
+    shell:
+        "python -m nabla prior-quality --model {params.model} --classifier {params.classifier}"
+        " --features emoji={params.features} --data-cache {input.data} --samples {params.grid[quality_seeds]}"
+        " --steps {params.grid[steps]} --guidance {params.grid[guidance]} --eta {params.grid[eta]}"
+        " --out {params.out} --threads {threads} > {log} 2>&1"
+
+
 # sd15 loads SD 1.5 and the reward models from the local Hugging Face cache: this job fails at
 # once, naming every missing model and the command that fetches them, before any GPU job starts.
 rule check_sd15_models:
