@@ -12,8 +12,11 @@
   (the validation split for tuning runs), interpolated the same way.
 * Plateau: a run's budget was enough when its validation reward has flattened: the least-squares
   line through the last half of its evaluations rises (or falls) over that half by less than a
-  tenth of the run's whole change from the prior, or by less than two standard errors of one
-  evaluation's mean, whichever is larger (:func:`plateaued`). A diverged run counts as collapsed.
+  tenth of the larger of the run's whole change from the prior and the reward's spread between
+  samples (its sample std at the last evaluation; :func:`plateaued`). The spread, not a standard
+  error, sets the floor: every evaluation draws the same seeds, so the curve's own noise is far
+  below the standard error of one evaluation's mean, and a change under a tenth of the spread is
+  negligible. A diverged run counts as collapsed.
 * Selection: per (reward, method), the grid point with the lowest divergence at the level
   ``tune.level`` among those that reach it; if none does, the one whose reward got closest to it.
   The divergence is the energy distance to p#·exp(βr) at toy2d and FID-to-prior at the image scales.
@@ -56,7 +59,7 @@ def reward_fraction(reward: float, prior_reward: float, reference_reward: float)
 PLATEAU_SHARE = 0.1
 
 
-def plateaued(rounds: Sequence[float], rewards: Sequence[float], standard_error: float) -> bool:
+def plateaued(rounds: Sequence[float], rewards: Sequence[float], spread: float) -> bool:
     """Whether a validation reward curve has flattened (module docstring); needs ≥ 3 evaluations."""
     if len(rounds) < 3:
         raise ValueError(f"a plateau needs at least 3 evaluations, got {len(rounds)}")
@@ -65,8 +68,7 @@ def plateaued(rounds: Sequence[float], rewards: Sequence[float], standard_error:
     y = pd.Series(rewards[-half:], dtype=float)
     slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
     rise = abs(slope * (x.iloc[-1] - x.iloc[0]))
-    change = abs(rewards[-1] - rewards[0])
-    return bool(rise < max(PLATEAU_SHARE * change, 2 * standard_error))
+    return bool(rise < PLATEAU_SHARE * max(abs(rewards[-1] - rewards[0]), spread))
 
 
 def first_crossing(rounds: Sequence[float], rewards: Sequence[float], target: float) -> float | None:

@@ -80,15 +80,15 @@ def summary_frame(runs: Iterable[dict], priors: Iterable[dict] = ()) -> pd.DataF
 
 
 def run_plateaus(curves: pd.DataFrame) -> dict[str, bool | None]:
-    """Per run (reward/method/run): whether its validation reward has flattened (None: no
-    standard errors in its curve, recorded before they were, or fewer than 3 evaluations)."""
+    """Per run (reward/method/run): whether its validation reward has flattened (None: fewer
+    than 3 evaluations, or a non-finite one: a diverged run)."""
     out = {}
     for (reward, method, run), group in curves[curves["split"] == "validation"].groupby(["reward", "method", "run"]):
         group = group.sort_values("round")
-        sem = group["reward_sem"].iloc[-1] if "reward_sem" in group else float("nan")
-        known = len(group) >= 3 and math.isfinite(sem)
-        out[f"{reward}/{method}/{run}"] = (plateaued(group["round"].tolist(), group["reward_mean"].tolist(), sem)
-                                           if known else None)
+        known = len(group) >= 3 and group[["reward_mean", "reward_std"]].notna().all().all()
+        out[f"{reward}/{method}/{run}"] = (
+            plateaued(group["round"].tolist(), group["reward_mean"].tolist(), group["reward_std"].iloc[-1])
+            if known else None)
     return out
 
 
