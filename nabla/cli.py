@@ -105,15 +105,20 @@ def cmd_prior_quality(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
     import torch
 
+    from dataclasses import asdict
+
     from nabla.data import openmoji
     from nabla.metrics.features import build_features
     from nabla.models.sd import SDBackend
+    from nabla.models.tiny import TinyPriorConfig
     from nabla.prior_quality import prior_quality, quality_markdown
     from nabla.rewards.learned import load_emoji_classifier
 
     torch.manual_seed(0)
     backend = SDBackend.from_pretrained(args.model)
-    settings = json.loads((Path(args.model) / "pretrain_config.json").read_text())
+    # the prior's own training split; a prior pretrained elsewhere: the split the defaults make
+    recorded = Path(args.model) / "pretrain_config.json"
+    settings = {**asdict(TinyPriorConfig()), **(json.loads(recorded.read_text()) if recorded.exists() else {})}
     train, _ = openmoji.split(openmoji.load_openmoji(args.data_cache, size=settings["image_size"]),
                               heldout_fraction=settings["heldout_fraction"], seed=settings["seed"])
     sampler = {"num_steps": args.steps, "eta": args.eta, "guidance_scale": args.guidance}

@@ -104,8 +104,10 @@ def test_the_default_plan_runs_both_protocols_at_toy2d_and_the_release_one_at_ti
     out = dry_run("--forceall", "--profile", "profiles/local")
     jobs = job_counts(out)
     # toy2d: 11 methods x 2 rewards, one job each for the release and the tuned protocol (3 seeds)
-    # and for the tuning grid (4 points); tiny: 7 methods x 1 reward x 1 seed; a prior row per reward
-    assert jobs["runs"] == str(22 + 22 + 7) and jobs["tune_runs"] == "22" and jobs["evaluate_prior"] == "3"
+    # and for the tuning grid (4 points); tiny: 7 methods x 2 rewards x 3 seeds, a job each; a prior
+    # row per reward
+    assert jobs["runs"] == str(22 + 22 + 42) and jobs["tune_runs"] == "22" and jobs["evaluate_prior"] == "4"
+    assert jobs["prior_quality"] == "1" and jobs["train_tiny_reward"] == "1"
     assert jobs["select_settings"] == "1" and jobs["aggregate"] == "4" and jobs["publish"] == "2"
     assert jobs["toy2d_exactness"] == "1"
     budget = default_config()["tiny"]["budget"]
@@ -335,9 +337,10 @@ def test_tiny_comparison_runs_end_to_end_to_its_figures(random_sd_dir, openmoji_
     (tmp_path / "config/train/tiny.yaml").write_text(yaml.safe_dump(train))
     config = default_config()
     config["scales"] = ["tiny"]
-    config["tiny"].update(methods=["residual_nabla_db", "draft"], seeds=[0], features={"seed": 1, "steps": 20},
+    config["tiny"].update(methods=["residual_nabla_db", "draft"], seeds=[0], rewards=["colorfulness"],
+                          features={"seed": 1, "steps": 20}, reward_model={"seed": 0, "steps": 20},
                           evaluation={"samples": 4}, budget={"rounds": 2, "trajectories_per_round": 4},
-                          prior_samples={"seeds": 2, "steps": 3, "eta": 1.0, "guidance": 3.0})
+                          prior_samples={"seeds": 2, "steps": 3, "eta": 1.0, "guidance": 3.0, "quality_seeds": 4})
     (tmp_path / "mini.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(tmp_path, "--configfile", "mini.yaml")
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
@@ -347,6 +350,10 @@ def test_tiny_comparison_runs_end_to_end_to_its_figures(random_sd_dir, openmoji_
                              for e in ("png", "pdf"))
     summary = pd.read_csv(tmp_path / "results/tiny/release/summary.csv")
     assert set(summary["method"]) == {"pretrained", "residual_nabla_db", "draft"} and "sample_strip" not in summary
+    # three validation evaluations (rounds 0, 1, 2): each run's plateau is decided
+    assert summary.loc[summary["method"] != "pretrained", "plateaued"].notna().all()
+    quality = pd.read_csv(tmp_path / "results/tiny/prior_quality.csv")
+    assert len(quality) == 12 and quality["recognised"].between(0, 1).all() and (quality["samples"] == 4).all()
     curves = pd.read_csv(tmp_path / "results/tiny/release/curves.csv")
     assert {"diversity", "fid_to_prior"} <= set(curves) and set(curves["split"]) == {"validation", "evaluation"}
     assert (tmp_path / "results/tiny/prior_samples.png").exists()

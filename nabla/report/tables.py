@@ -81,8 +81,10 @@ def summary_frame(runs: Iterable[dict], priors: Iterable[dict] = ()) -> pd.DataF
 
 def run_plateaus(curves: pd.DataFrame) -> dict[str, bool | None]:
     """Per run (reward/method/run): whether its validation reward has flattened (None: fewer
-    than 3 evaluations, or a non-finite one: a diverged run)."""
+    than 3 evaluations, a missing one, or curves without the reward's spread)."""
     out = {}
+    if "reward_std" not in curves:  # records without the spread: unknown
+        return out
     for (reward, method, run), group in curves[curves["split"] == "validation"].groupby(["reward", "method", "run"]):
         group = group.sort_values("round")
         known = len(group) >= 3 and group[["reward_mean", "reward_std"]].notna().all().all()
