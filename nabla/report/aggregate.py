@@ -53,7 +53,7 @@ def aggregate(scale: str, protocol: str, groups: Sequence[str | Path], priors: S
     summary = summary_frame(runs, prior_records)
     curves = curves_frame(runs)
     plateaus = run_plateaus(curves)
-    if any(v is not None for v in plateaus.values()):  # curves recorded with their standard errors
+    if any(v is not None for v in plateaus.values()):  # curves with the reward's spread (nabla.protocol)
         summary["plateaued"] = [plateaus.get(f"{r}/{m}/{run}")
                                 for r, m, run in zip(summary["reward"], summary["method"], summary["run"])]
     summary.to_csv(out / "summary.csv", index=False)

@@ -4,9 +4,10 @@ Two tables per protocol, both as Markdown and LaTeX:
 
 * ``table``: the end of the budget (the paper's Table 1 shape): per (reward, method) the mean ±
   sample std (ddof 1) over seeds of each metric on the evaluation split, the seed count, and the
-  budget spent (rounds, updates, trajectories, seconds); a diverged run is named with the update
-  it diverged at and is measured at its last finite weights. The prior is evaluated once: one row,
-  no std.
+  budget spent (rounds, updates, trajectories, seconds), and how many seeds' validation reward
+  has flattened (``plateaued``, :func:`nabla.protocol.plateaued`); a diverged run is named with the
+  update it diverged at and is measured at its last finite weights. The prior is evaluated once:
+  one row, no std.
 * ``matched``: at matched reward (:mod:`nabla.protocol`): per level, the seeds that reached it and
   the metrics at the crossing; "not reached (max r = …)" where none did.
 """
