@@ -76,11 +76,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
         backend.load_lora(args.lora)
     labels = args.prompts
     if not args.prompts:
-        from nabla.data.prompts import EVAL_PROMPTS, FINETUNE_PROMPTS, VALIDATION_PROMPTS
+        from nabla.data.prompts import prompt_splits
 
-        splits = (("train", FINETUNE_PROMPTS), ("validation", VALIDATION_PROMPTS), ("evaluation", EVAL_PROMPTS))
-        args.prompts = [p for _, words in splits for p in words]
-        labels = [f"{p} ({split})" for split, words in splits for p in words]
+        splits = prompt_splits()
+        args.prompts = list(splits)
+        labels = [f"{p} ({split})" for p, split in splits.items()]
     prompts = [p for p in args.prompts for _ in args.seeds]
     seeds = [s for _ in args.prompts for s in args.seeds]
     draw = lambda: sample_images(  # noqa: E731

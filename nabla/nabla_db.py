@@ -74,6 +74,11 @@ class _NablaGFlowNet(Method):
                     block_out_channels=options.flow_channels,
                 ).to(backend.device)
 
+    @classmethod
+    def target_beta(cls, options, sample_shape) -> float:
+        # scores of summed log-densities: residual ∇-DB's p#^κ·exp(βr) (exact at κ = 1), ∇-DB's exp(βr)
+        return options.reward_scale
+
     @property
     def trains_on_previous_round(self) -> bool:
         return self.options.train_on_previous_round
@@ -204,10 +209,6 @@ class ResidualNablaDB(_NablaGFlowNet):
     label, color = "residual ∇-DB", "#d62728"  # in tables and figures
     target = "tilted"
 
-    @classmethod
-    def target_beta(cls, options, sample_shape) -> float:
-        return options.reward_scale  # p#^κ·exp(βr); exact at κ = 1
-
     def base_scores(self, tr, a_t, a_prev, std, cond, uncond, reverse):
         kappa = self.options.pretrained_strength
         x = tr.x_t.detach().requires_grad_(reverse)
@@ -226,10 +227,6 @@ class NablaDB(_NablaGFlowNet):
     name = "nabla_db"
     label, color = "∇-DB", "#ff9896"  # in tables and figures
     target = "reward_only"
-
-    @classmethod
-    def target_beta(cls, options, sample_shape) -> float:
-        return options.reward_scale  # scores of summed log-densities: exp(βr) itself
 
     def base_scores(self, tr, a_t, a_prev, std, cond, uncond, reverse):
         pb_prev, pb_t = objectives.backward_scores(tr.x_t, tr.x_prev, a_t, a_prev)

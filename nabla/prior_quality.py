@@ -23,8 +23,8 @@ import pandas as pd
 import torch
 
 from nabla.data import openmoji
-from nabla.data.prompts import EVAL_PROMPTS, FINETUNE_PROMPTS, VALIDATION_PROMPTS, has_word
-from nabla.metrics.images import mean_pairwise_distance
+from nabla.data.prompts import has_word, prompt_splits
+from nabla.metrics.images import cosine_distances, mean_pairwise_distance
 from nabla.rewards.learned import EmojiClassifier, to_images
 
 #: a sample whose pixels vary less than this (images in [0, 1]) is a faint outline
@@ -32,13 +32,6 @@ FAINT_STD = 0.13
 #: the neighbour whose distance sets each training image's ball (Naeem et al. use k = 5 on
 #: thousands of images; a word here covers 10–263)
 COVERAGE_K = 3
-
-
-def cosine_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(N, M) matrix of 1 − cos(a_i, b_j)."""
-    unit_a = torch.nn.functional.normalize(a.double(), dim=1)
-    unit_b = torch.nn.functional.normalize(b.double(), dim=1)
-    return 1 - unit_a @ unit_b.T
 
 
 def coverage(real: torch.Tensor, fake: torch.Tensor, k: int = COVERAGE_K) -> float:
@@ -61,12 +54,6 @@ def recognised_share(classifier: EmojiClassifier, images: torch.Tensor, word: st
 
 def faint_share(images: torch.Tensor) -> float:
     return float((images.flatten(1).std(dim=1) < FAINT_STD).double().mean())
-
-
-def prompt_splits() -> dict[str, str]:
-    """Every prompt word and the split it belongs to, in the order train, validation, evaluation."""
-    splits = (("train", FINETUNE_PROMPTS), ("validation", VALIDATION_PROMPTS), ("evaluation", EVAL_PROMPTS))
-    return {word: split for split, words in splits for word in words}
 
 
 @torch.no_grad()

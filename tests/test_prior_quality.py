@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from nabla.prior_quality import coverage, cosine_distances, faint_share, prompt_splits, recognised_share
+from nabla.data.prompts import prompt_splits
+from nabla.metrics.images import cosine_distances
+from nabla.prior_quality import coverage, faint_share, recognised_share
 
 
 def brute_force_coverage(real, fake, k):

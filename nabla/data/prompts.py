@@ -62,6 +62,12 @@ VALIDATION_PROMPTS: tuple[str, ...] = ("triangle", "keycap", "chess")
 #: held-out prompts (never fine-tuned on, known to the prior) for the tables only
 EVAL_PROMPTS: tuple[str, ...] = ("smiling", "moon", "star", "circle")
 
+def prompt_splits() -> dict[str, str]:
+    """Every prompt word and its split, in the order train, validation, evaluation."""
+    splits = (("train", FINETUNE_PROMPTS), ("validation", VALIDATION_PROMPTS), ("evaluation", EVAL_PROMPTS))
+    return {word: split for split, words in splits for word in words}
+
+
 #: every prompt word covers at least this many emoji of the clean set
 MIN_COVERAGE = 12
 

@@ -21,6 +21,13 @@ import torch
 DISTANCES = ("cosine", "squared_euclidean")
 
 
+def cosine_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N, M) matrix of 1 − cos(a_i, b_j), in float64."""
+    unit_a = torch.nn.functional.normalize(a.double(), dim=1)
+    unit_b = torch.nn.functional.normalize(b.double(), dim=1)
+    return 1 - unit_a @ unit_b.T
+
+
 def mean_pairwise_distance(features: torch.Tensor, distance: str = "cosine") -> float:
     """Mean distance over the K(K−1)/2 pairs i < j of a (K, D) set (K ≥ 2): 1 − cos(f_i, f_j)
     (``cosine``), or ‖f_i − f_j‖² (``squared_euclidean``: LPIPS in its feature map)."""
@@ -29,11 +36,7 @@ def mean_pairwise_distance(features: torch.Tensor, distance: str = "cosine") -> 
     if distance not in DISTANCES:
         raise ValueError(f"unknown distance {distance!r}; known: {', '.join(DISTANCES)}")
     f = features.double()
-    if distance == "cosine":
-        unit = torch.nn.functional.normalize(f, dim=1)
-        pairwise = 1 - unit @ unit.T
-    else:
-        pairwise = torch.cdist(f, f).square()
+    pairwise = cosine_distances(f, f) if distance == "cosine" else torch.cdist(f, f).square()
     i, j = torch.triu_indices(len(f), len(f), offset=1)
     return float(pairwise[i, j].mean())
 
