@@ -41,14 +41,30 @@ from nabla.methods import LossOutput, Method, Rollouts, Transitions, pair_plan, 
 
 @dataclass
 class AdjointMatchingOptions:
-    reward_scale: float = 100.0  # λ: the target is p#·exp(λr) (release reward_multiplier)
-    early_steps: int = 2  # transitions trained per trajectory among the first (1 − late_fraction)
-    late_steps: int = 2  # ... and among the last late_fraction of the steps
+    """Adjoint Matching's options; defaults are the release's (microsoft/soc-fine-tuning-sd), sources in
+    config/README.md.
+
+    Args:
+        reward_scale: λ: the target is p#·exp(λr) (release reward_multiplier).
+        early_steps: transitions trained per trajectory among the first (1 − late_fraction) of the steps.
+        late_steps: transitions trained per trajectory among the last late_fraction of the steps.
+        late_fraction: the share of the steps, at the end of each trajectory, that late_steps draws from
+            (early_steps draws from the rest); in (0, 1).
+        updates_per_round: optimiser steps per round (1: one optimiser step per sampled batch).
+        microbatch_size: transitions per forward pass (gradient accumulation beyond).
+        loss_clip_quantile: the quantile of √loss whose moving average bounds a sample's √loss (a sample
+            above the bound is dropped from the loss); 0 quantile: no clipping.
+        loss_clip_decay: the decay of that moving average of the quantile.
+    """
+
+    reward_scale: float = 100.0
+    early_steps: int = 2
+    late_steps: int = 2
     late_fraction: float = 0.4
-    updates_per_round: int = 1  # one optimiser step per sampled batch
-    microbatch_size: int = 32  # transitions per forward pass (gradient accumulation beyond)
-    loss_clip_quantile: float = 0.9  # the quantile of √loss whose moving average bounds a sample's
-    loss_clip_decay: float = 0.9  # (0 quantile: no clipping)
+    updates_per_round: int = 1
+    microbatch_size: int = 32
+    loss_clip_quantile: float = 0.9
+    loss_clip_decay: float = 0.9
 
     def __post_init__(self):
         if not 0 < self.late_fraction < 1:

@@ -42,18 +42,38 @@ from nabla.methods import LossOutput, Method, Rollouts, Transitions, register_me
 
 @dataclass
 class DBGFlowNetOptions:
-    reward_scale: float = 100.0  # β (release reward_exp); per-dimension log-probs: the target is exp(D·β·r)
-    reward_scale_start: float = 0.0  # β at the first round
-    anneal_fraction: float = 0.5  # the share of the rounds over which β ramps up linearly (release: half)
-    output_reg: float = 1.0  # λ on ‖ε̂_θ − ε̂_old‖² (release unetreg)
-    transition_fraction: float = 1.0  # of each trajectory's transitions (release timestep_fraction)
-    stratified: bool = True  # one transition per stratum (else uniform without replacement)
+    """DB-GFlowNet's options; defaults are the release's (apple/ml-diffusion-alignment-gflownet), sources in
+    config/README.md.
+
+    Args:
+        reward_scale: β (release reward_exp); with per-dimension log-probs the target is exp(D·β·r).
+        reward_scale_start: β at the first round.
+        anneal_fraction: the share of the rounds over which β ramps up linearly (release: half).
+        output_reg: λ on ‖ε̂_θ − ε̂_old‖² (release unetreg).
+        transition_fraction: the share of each trajectory's transitions trained on (release
+            timestep_fraction).
+        stratified: one transition per stratum (else uniform without replacement).
+        train_on_previous_round: round r trains on round r−1's trajectories (else on its own).
+        updates_per_round: optimiser steps per round (release: 16 x 4 samples per epoch, 8 x 4 per
+            optimiser step).
+        microbatch_size: transitions per forward pass (gradient accumulation beyond).
+        flow_conditioned: f_φ sees the prompt (image scales).
+        flow_channels: f_φ's CNN widths at the image scales.
+        flow_hidden: f_φ's MLP width for points.
+    """
+
+    reward_scale: float = 100.0
+    reward_scale_start: float = 0.0
+    anneal_fraction: float = 0.5
+    output_reg: float = 1.0
+    transition_fraction: float = 1.0
+    stratified: bool = True
     train_on_previous_round: bool = False
-    updates_per_round: int = 2  # release: 16 x 4 samples per epoch, 8 x 4 per optimiser step
-    microbatch_size: int = 32  # transitions per forward pass (gradient accumulation beyond)
-    flow_conditioned: bool = True  # f_φ sees the prompt (image scales)
-    flow_channels: tuple[int, ...] = (32, 64)  # f_φ CNN widths at the image scales
-    flow_hidden: int = 128  # f_φ MLP width for points
+    updates_per_round: int = 2
+    microbatch_size: int = 32
+    flow_conditioned: bool = True
+    flow_channels: tuple[int, ...] = (32, 64)
+    flow_hidden: int = 128
 
 
 # -- pure pieces ----------------------------------------------------------------------------------

@@ -36,14 +36,27 @@ STD_EPS = 1e-6  # added to the reward std before dividing, as the release does
 
 @dataclass
 class DDPOOptions:
-    clip_range: float = 1e-4  # ε of the clipped ratio
-    adv_clip_max: float = 5.0  # advantages clipped to ±this
-    buffer_size: int = 32  # rewards kept per prompt
-    min_count: int = 16  # below this many buffered rewards a prompt uses the batch's statistics
-    transition_fraction: float = 1.0  # of each trajectory's transitions, drawn at random
-    num_inner_epochs: int = 1  # passes over one round's transitions
-    updates_per_round: int = 2  # optimiser steps per inner epoch
-    microbatch_size: int = 32  # transitions per forward pass (gradient accumulation beyond)
+    """DDPO's options; defaults are the release's (kvablack/ddpo-pytorch), sources in config/README.md.
+
+    Args:
+        clip_range: ε of the clipped likelihood ratio.
+        adv_clip_max: advantages are clipped to ±this.
+        buffer_size: rewards kept per prompt.
+        min_count: below this many buffered rewards, a prompt uses the batch's statistics.
+        transition_fraction: the share of each trajectory's transitions trained on, drawn at random.
+        num_inner_epochs: passes over one round's transitions.
+        updates_per_round: optimiser steps per inner epoch.
+        microbatch_size: transitions per forward pass (gradient accumulation beyond).
+    """
+
+    clip_range: float = 1e-4
+    adv_clip_max: float = 5.0
+    buffer_size: int = 32
+    min_count: int = 16
+    transition_fraction: float = 1.0
+    num_inner_epochs: int = 1
+    updates_per_round: int = 2
+    microbatch_size: int = 32
 
     def __post_init__(self):
         if not 0 < self.transition_fraction <= 1:

@@ -46,17 +46,33 @@ KL_FORMS = ("gaussian", "epsilon")
 
 @dataclass
 class DPOKOptions:
-    reward_weight: float = 100.0  # ρ (release --reward_weight)
-    kl_weight: float = 0.01  # α (release --kl_weight); the target's β = ρ/α
-    kl_form: str = "gaussian"  # the paper's Gaussian KL, or "epsilon": the release's ‖ε̂_θ − ε̂#‖²
-    kl_in_return: bool = False  # True: −(α/ρ) Σ ℓ_s in the return instead of the KL term (exact tilt)
-    ratio_clip: float = 1e-4  # ε (release --ratio_clip)
-    transition_fraction: float = 0.4  # of each trajectory's transitions trained per round
-    updates_per_round: int = 5  # release --p_step
-    microbatch_size: int = 32  # transitions per forward pass (gradient accumulation beyond)
-    value_conditioned: bool = True  # V_φ sees the prompt (image scales)
-    value_channels: tuple[int, ...] = (32, 64)  # V_φ CNN widths at the image scales
-    value_hidden: int = 128  # V_φ MLP width for points
+    """DPOK's options; defaults are the release's (google-research dpok/), sources in config/README.md.
+
+    Args:
+        reward_weight: ρ (release --reward_weight).
+        kl_weight: α (release --kl_weight); the target's β = ρ/α.
+        kl_form: "gaussian", the paper's Gaussian KL, or "epsilon": the release's ‖ε̂_θ − ε̂#‖².
+        kl_in_return: True: −(α/ρ) Σ ℓ_s in the return instead of the KL term (the exact tilt).
+        ratio_clip: ε (release --ratio_clip).
+        transition_fraction: the share of each trajectory's transitions trained per round.
+        updates_per_round: optimiser steps per sampling round (release --p_step).
+        microbatch_size: transitions per forward pass (gradient accumulation beyond).
+        value_conditioned: V_φ sees the prompt (image scales).
+        value_channels: V_φ's CNN widths at the image scales.
+        value_hidden: V_φ's MLP width for points.
+    """
+
+    reward_weight: float = 100.0
+    kl_weight: float = 0.01
+    kl_form: str = "gaussian"
+    kl_in_return: bool = False
+    ratio_clip: float = 1e-4
+    transition_fraction: float = 0.4
+    updates_per_round: int = 5
+    microbatch_size: int = 32
+    value_conditioned: bool = True
+    value_channels: tuple[int, ...] = (32, 64)
+    value_hidden: int = 128
 
     def __post_init__(self):
         if self.kl_form not in KL_FORMS:
@@ -167,7 +183,13 @@ class DPOK(Method):
 
 @dataclass
 class DPOKKLReturnOptions(DPOKOptions):
-    kl_in_return: bool = True  # the KL-regularised return to go, the KL term dropped
+    """DPOK's options with the KL in the return; the others are DPOKOptions'.
+
+    Args:
+        kl_in_return: True here: the KL-regularised return to go, the KL term dropped.
+    """
+
+    kl_in_return: bool = True
 
 
 @register_method

@@ -31,9 +31,17 @@ from nabla.sampling import sampler_step, trajectory_noise
 
 @dataclass
 class DraftOptions:
-    truncation_steps: int = 1  # K: steps the gradient flows through (DRaFT-1)
-    gradient_checkpointing: bool = False  # recompute each differentiable step in the backward pass
-    microbatch_size: int = 8  # trajectories per differentiable pass (gradient accumulation beyond)
+    """DRaFT-K's options; defaults are the paper's (DRaFT has no public release), sources in config/README.md.
+
+    Args:
+        truncation_steps: K, the last sampling steps the gradient flows through (1: DRaFT-1).
+        gradient_checkpointing: recompute each differentiable step in the backward pass.
+        microbatch_size: trajectories per differentiable pass (gradient accumulation beyond).
+    """
+
+    truncation_steps: int = 1
+    gradient_checkpointing: bool = False
+    microbatch_size: int = 8
 
     def __post_init__(self):
         if self.truncation_steps < 1:
@@ -42,9 +50,18 @@ class DraftOptions:
 
 @dataclass
 class DraftLVOptions:
-    renoise_samples: int = 2  # n: re-noised copies of each x_0 whose gradients are summed
+    """DRaFT-LV's options; defaults are the paper's (DRaFT has no public release), sources in config/README.md.
+
+    Args:
+        renoise_samples: n, the re-noised copies of each x_0 whose gradients are summed.
+        gradient_checkpointing: recompute each differentiable step in the backward pass.
+        microbatch_size: trajectories per differentiable pass (each with its n copies; gradient
+            accumulation beyond).
+    """
+
+    renoise_samples: int = 2
     gradient_checkpointing: bool = False
-    microbatch_size: int = 8  # trajectories per differentiable pass (each with its n copies)
+    microbatch_size: int = 8
 
     def __post_init__(self):
         if self.renoise_samples < 1:

@@ -38,16 +38,28 @@ PRETRAIN_DATA = ("none", "prior_mixture", "openmoji")
 
 @dataclass
 class ReFLOptions(Checked):
-    stop_min: float = 0.75  # earliest stop step, as a fraction of the schedule (30 of 40)
-    stop_max: float = 0.975  # latest stop step (39 of 40)
-    loss_form: str = "relu"  # "relu": ReLU(c − r) (release); "neg_reward": −r
-    relu_target: float = 2.0  # c of the ReLU form (release: relu(-rewards+2))
-    reward_loss_weight: float = 1e-3  # λ on the reward loss (release --grad_scale, paper λ)
-    # The pretraining loss's data: "prior_mixture" (toy2d: exact samples of the prior's mixture),
-    # "openmoji" (tiny: the prior's training images, from `pretrain_data_cache`), or "none".
+    """ReFL's options; defaults are the release's (THUDM/ImageReward), sources in config/README.md.
+
+    Args:
+        stop_min: the earliest stop step, as a fraction of the schedule (release: 30 of 40).
+        stop_max: the latest stop step, as a fraction of the schedule (release: 39 of 40).
+        loss_form: "relu": ReLU(c − r) (release); "neg_reward": −r.
+        relu_target: c of the ReLU form (release: relu(-rewards+2)).
+        reward_loss_weight: λ on the reward loss (release --grad_scale, the paper's λ).
+        pretrain_data: the pretraining loss's data: "prior_mixture" (toy2d: exact samples of the prior's
+            mixture), "openmoji" (tiny: the prior's training images, from `pretrain_data_cache`), or "none".
+        pretrain_data_cache: the file the "openmoji" pretraining images are read from.
+        microbatch_size: trajectories per differentiable pass (gradient accumulation beyond).
+    """
+
+    stop_min: float = 0.75
+    stop_max: float = 0.975
+    loss_form: str = "relu"
+    relu_target: float = 2.0
+    reward_loss_weight: float = 1e-3
     pretrain_data: str = "none"
     pretrain_data_cache: str = "runs/data/openmoji32.npz"
-    microbatch_size: int = 8  # trajectories per differentiable pass (gradient accumulation beyond)
+    microbatch_size: int = 8
 
     def problems(self) -> list[str]:
         found = []

@@ -44,11 +44,21 @@ from nabla.methods import LossOutput, Method, Rollouts, Transitions, chunk, gath
 
 @dataclass
 class RTBOptions:
-    reward_scale: float = 1.0  # β of the target p#·exp(βr), log-probs summed over dimensions
-    transition_fraction: float = 0.16  # steps of a trajectory recomputed with θ's graph (release 8/50)
-    updates_per_round: int = 5  # release --p_step
-    microbatch_size: int = 8  # trajectories per pass (each with its recomputed steps)
-    log_z_conditioned: bool = True  # log Z_φ(c) sees the prompt embedding (image scales)
+    """RTB's options; defaults are the release's (GFNOrg/diffusion-finetuning), sources in config/README.md.
+
+    Args:
+        reward_scale: β of the target p#·exp(βr), log-probs summed over dimensions.
+        transition_fraction: the share of a trajectory's steps recomputed with θ's graph (release 8/50).
+        updates_per_round: optimiser steps per sampling round (release --p_step).
+        microbatch_size: trajectories per pass (each with its recomputed steps).
+        log_z_conditioned: log Z_φ(c) sees the prompt embedding (image scales).
+    """
+
+    reward_scale: float = 1.0
+    transition_fraction: float = 0.16
+    updates_per_round: int = 5
+    microbatch_size: int = 8
+    log_z_conditioned: bool = True
 
     def __post_init__(self):
         if not 0 < self.transition_fraction <= 1:

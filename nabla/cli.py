@@ -247,6 +247,12 @@ def cmd_schema_methods(args: argparse.Namespace) -> None:
     print(f"{args.schema}: methods " + ", ".join(write_method_enum(args.schema)))
 
 
+def cmd_options_doc(args: argparse.Namespace) -> None:
+    from nabla.options_reference import write_options_reference
+
+    print(f"wrote {write_options_reference(args.out)}")
+
+
 def cmd_publish(args: argparse.Namespace) -> None:
     from nabla.publish import publish
 
@@ -454,6 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "enum (after adding a method; a test keeps the two equal)")
     p.add_argument("--schema", default="workflow/schemas/config.schema.yaml")
     p.set_defaults(func=cmd_schema_methods)
+
+    p = commands.add_parser("options-doc", help="write config/options.md, every option with its default and its "
+                            "description, from the options dataclasses' docstrings (a test keeps the two equal)")
+    p.add_argument("--out", default="config/options.md")
+    p.set_defaults(func=cmd_options_doc)
 
     p = commands.add_parser("exactness", help="toy2d: the floor the N(0, I) start puts under the exact-target "
                             "methods, beside the prior sampler's (a CSV and a Markdown table)")

@@ -34,48 +34,82 @@ VALIDATION_SEED_START = 500_000
 
 @dataclass
 class TrainConfig(Checked):
-    """Everything a run needs besides the method's and reward's own options."""
+    """Everything a run needs besides the method's and reward's own options.
 
-    scale: str = "tiny"  # "toy2d", "tiny" or "sd15"
-    model: str = "runs/tiny/prior"  # prior folder or hub id (local cache only)
+    Args:
+        scale: "toy2d", "tiny" or "sd15".
+        model: the prior's folder, or a hub id (looked up in the local cache only).
+        method: a registered method's name (``python -m nabla train --help``).
+        reward: a registered reward's name.
+        seed: the run's seed (its training rounds' noise and its networks' initialisation).
+        rounds: the shared budget: sampling rounds of ``trajectories_per_round`` fresh trajectories
+            each, so every method sees the same trajectories; a method takes its own optimiser steps
+            per round.
+        trajectories_per_round: fresh trajectories sampled each round (per process).
+        sampler: the sampler every method uses (``SamplerConfig``).
+        prompts: the training prompts.
+        validation_prompts: the prompts every choice is made on (tuning, matched-reward reference).
+        eval_prompts: the evaluation prompts, the tables' only.
+        eval_samples_per_prompt: samples per prompt of the dense evaluation.
+        eval_every: rounds between dense evaluations on each of ``eval_splits`` (0: only at the
+            start and the end): the reward, and at toy2d the distances to the targets, at the image
+            scales diversity and FID-to-prior on ``eval_features`` (``eval_fid_features``).
+        eval_splits: the splits evaluated during training ("validation", "evaluation").
+        eval_features: the image scales' feature extractor of diversity (and of FID unless
+            ``eval_fid_features``), ``NAME`` or ``NAME=MODEL``.
+        eval_fid_features: the image scales' feature extractor of FID-to-prior.
+        eval_target_beta: toy2d: the β of the tilted target p#·exp(βr) every run is measured against.
+        lora_rank: the LoRA rank of the fine-tuned denoiser.
+        lora_alpha: the LoRA scale's numerator (default: the rank).
+        lr: the denoiser's (LoRA's) learning rate.
+        flow_lr: the learning rate of a method's own networks (flow, value or log Z).
+        weight_decay: AdamW's weight decay of the LoRA parameters.
+        flow_weight_decay: AdamW's weight decay of a method's own networks.
+        lr_schedule: "constant", or "cosine" (decay to 0 over the budget).
+        grad_clip: the gradient norm each optimiser step is clipped to.
+        checkpoint_every: rounds between checkpoints (a killed run resumes from the last).
+        log_every: rounds between printed summaries.
+        device: "cpu" or "cuda".
+        frozen_dtype: SD scales: the frozen UNet's and text encoder's dtype ("float32" or "bfloat16";
+            the VAE, LoRA, flow network and every loss stay float32).
+        gradient_checkpointing: SD scales: UNet gradient checkpointing.
+        on_nonfinite: on a NaN/inf reward, loss or gradient: "fail" the run, or "stop" it there and
+            finish with the last finite weights, recording the divergence in done.json (a
+            comparison keeps the result).
+        method_options: the method's ``Options`` fields.
+        reward_options: the reward's constructor options.
+    """
+
+    scale: str = "tiny"
+    model: str = "runs/tiny/prior"
     method: str = "residual_nabla_db"
     reward: str = "colorfulness"
     seed: int = 0
-    # The shared budget: sampling rounds of `trajectories_per_round` fresh trajectories each, so
-    # every method sees the same trajectories; a method takes its own optimiser steps per round.
     rounds: int = 100
     trajectories_per_round: int = 64
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    prompts: tuple[str, ...] = FINETUNE_PROMPTS  # trained on
-    validation_prompts: tuple[str, ...] = VALIDATION_PROMPTS  # every choice is made on these
-    eval_prompts: tuple[str, ...] = EVAL_PROMPTS  # the tables' only
-    # Dense evaluation during training, on each split of `eval_splits`, every `eval_every` rounds
-    # (0: only at the start and the end): reward, and at toy2d the distances to the targets, at
-    # the image scales diversity and FID-to-prior on `eval_features` (`eval_fid_features`).
+    prompts: tuple[str, ...] = FINETUNE_PROMPTS
+    validation_prompts: tuple[str, ...] = VALIDATION_PROMPTS
+    eval_prompts: tuple[str, ...] = EVAL_PROMPTS
     eval_samples_per_prompt: int = 8
     eval_every: int = 10
     eval_splits: tuple[str, ...] = SPLITS
     eval_features: str | None = None
     eval_fid_features: str | None = None
-    # toy2d: the β of the tilted target p#·exp(βr) every run is measured against
     eval_target_beta: float | None = None
     lora_rank: int = 8
-    lora_alpha: float | None = None  # default: = rank
+    lora_alpha: float | None = None
     lr: float = 1e-3
     flow_lr: float = 1e-3
     weight_decay: float = 1e-4
     flow_weight_decay: float = 1e-2
-    lr_schedule: str = "constant"  # or "cosine" (decay to 0 over the budget)
+    lr_schedule: str = "constant"
     grad_clip: float = 1.0
-    checkpoint_every: int = 10  # rounds
-    log_every: int = 10  # rounds between printed summaries
+    checkpoint_every: int = 10
+    log_every: int = 10
     device: str = "cpu"
-    # SD scales: dtype of the frozen UNet and text encoder ("float32" or "bfloat16"; the VAE,
-    # LoRA, flow network and every loss stay float32), and UNet gradient checkpointing.
     frozen_dtype: str = "float32"
     gradient_checkpointing: bool = False
-    # A NaN/inf reward, loss or gradient: "fail" the run, or "stop" it there and finish with the
-    # last finite weights, recording the divergence in done.json (a comparison keeps the result).
     on_nonfinite: str = "fail"
     method_options: dict = field(default_factory=dict)
     reward_options: dict = field(default_factory=dict)
@@ -131,12 +165,13 @@ def apply_settings(raw: dict, settings: dict | None) -> dict:
     return raw
 
 
-def run_settings(path: str | Path | None, method: str, reward: str, seed: int, settings: dict | None = None,
+def run_settings(path: str | Path | None, method: str | None, reward: str, seed: int, settings: dict | None = None,
                  **overrides) -> dict:
     """A run's settings from a scale's YAML, before prompt sets are read: the top-level keys; then
     ``per_reward[reward]``'s top-level keys; then ``overrides`` (None: not given); then the method's
     settings, ``methods[method]`` and ``per_reward[reward].methods[method]``; then the chosen
-    ``settings`` (both through :func:`apply_settings`); ``rewards[reward]`` are the reward's options."""
+    ``settings`` (both through :func:`apply_settings`); ``rewards[reward]`` are the reward's options.
+    ``method=None``: no method's settings (the shared protocol alone, as the prior is evaluated)."""
     raw = dict((yaml.safe_load(Path(path).read_text()) if path else {}) or {})
     methods, rewards = raw.pop("methods", {}) or {}, raw.pop("rewards", {}) or {}
     per_reward = dict((raw.pop("per_reward", {}) or {}).get(reward) or {})
@@ -148,7 +183,7 @@ def run_settings(path: str | Path | None, method: str, reward: str, seed: int, s
     return apply_settings(raw, settings)
 
 
-def load_train_config(path: str | Path | None, method: str, reward: str, seed: int, settings: dict | None = None,
+def load_train_config(path: str | Path | None, method: str | None, reward: str, seed: int, settings: dict | None = None,
                       **overrides) -> TrainConfig:
     """A run's config (:func:`run_settings`), with any prompt set read from the local cache."""
     raw = run_settings(path, method, reward, seed, settings, **overrides)

@@ -46,7 +46,7 @@ defined, but the log-probabilities and scores raise ``ValueError``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Union
+from typing import Union
 
 import torch
 
@@ -256,38 +256,21 @@ def forward_score(x_prev: torch.Tensor, mean: torch.Tensor, std: Scalar) -> torc
 def reverse_score(
     x_t: torch.Tensor,
     x_prev: torch.Tensor,
-    mean_fn: Callable[[torch.Tensor], torch.Tensor],
-    std: Scalar,
-    create_graph: bool = False,
-) -> torch.Tensor:
-    """∇_{x_t} log P_F(x_prev | x_t) = J_μ(x_t)ᵀ (x_prev − μ(x_t))/σ², one VJP through ``mean_fn``.
-
-    ``mean_fn`` maps x_t to μ (typically ``ddim_mean`` around the denoiser).
-    If ``x_t`` does not require grad it is detached and made a leaf here; if it
-    does, it is used as is (its upstream graph is kept). Per-sample scores
-    assume the denoiser treats batch elements independently.
-
-    With ``create_graph=True`` the result stays differentiable, including
-    through ``(x_prev − μ)/σ²``, so a loss on it backpropagates into the
-    denoiser's parameters; otherwise it carries no graph.
-    """
-    with torch.enable_grad():
-        x = x_t if x_t.requires_grad else x_t.detach().requires_grad_(True)
-        return reverse_score_from_mean(x, x_prev, mean_fn(x), std, create_graph=create_graph)
-
-
-def reverse_score_from_mean(
-    x_t: torch.Tensor,
-    x_prev: torch.Tensor,
     mean: torch.Tensor,
     std: Scalar,
     create_graph: bool = False,
     retain_graph: bool | None = None,
 ) -> torch.Tensor:
-    """``reverse_score`` for a mean μ(x_t) already computed with a graph from ``x_t``.
+    """∇_{x_t} log P_F(x_prev | x_t) = J_μ(x_t)ᵀ (x_prev − μ(x_t))/σ², one VJP through μ.
 
-    Lets a loss reuse one denoiser forward for its forward score, reverse score and reward
-    gradient; pass ``retain_graph=True`` when that graph is used again afterwards.
+    ``mean`` is μ(x_t) computed with a graph from ``x_t`` (typically ``ddim_mean`` around the
+    denoiser), so one denoiser forward can serve the forward score, the reverse score and a
+    reward gradient; pass ``retain_graph=True`` when that graph is used again afterwards.
+    Per-sample scores assume the denoiser treats batch elements independently.
+
+    With ``create_graph=True`` the result stays differentiable, including through
+    ``(x_prev − μ)/σ²``, so a loss on it backpropagates into the denoiser's parameters;
+    otherwise it carries no graph.
     """
     s = _bcast(std, x_t)
     _check_positive_std(s)

@@ -256,12 +256,16 @@ def evaluate_run(run_dir: str | Path, out: str | Path | None = None, num_samples
 def evaluate_prior(config: str | Path, reward: str, out: str | Path | None = None, num_samples: int = 4000,
                    features: str | None = None, fid_features: str | None = None, **overrides) -> dict:
     """The prior's metrics on the evaluation split of a scale's training config, as a run's are
-    measured (the same sampler, prompts, seeds and reward; no run folder needed)."""
+    measured (the same sampler, prompts, seeds and reward; no run folder needed).
+
+    The config is resolved without any method (``method=None``): the scale's shared protocol and
+    the reward's section alone, so no method's settings reach the prior's row.
+    """
     from nabla.config import load_train_config
     from nabla.trainer import build_backend
 
     check_features(features, fid_features)
-    cfg = load_train_config(config, TrainConfig.method, reward, 0, **overrides)
+    cfg = load_train_config(config, None, reward, 0, **overrides)
     backend = build_backend(cfg, with_lora=False)
     metrics = {"scale": cfg.scale, "reward": cfg.reward, "method": "pretrained",
                **evaluate_backend(backend, cfg, num_samples, features, fid_features, None)}

@@ -13,7 +13,8 @@ accumulation, clipping, logging, checkpoints — and asks a method only four thi
 A new method is one module defining a subclass with ``@register_method`` (its ``name``, and the
 ``label`` and ``color`` the report draws it with), plus one line in ``METHOD_MODULES`` so the
 registry can import it; ``python -m nabla schema-methods`` then writes it into the workflow
-schema's method enum (a test keeps the two equal).
+schema's method enum and ``python -m nabla options-doc`` its options, documented in its
+``Options`` dataclass's ``Args:`` block, into ``config/options.md`` (tests keep both equal).
 """
 
 from __future__ import annotations
@@ -84,8 +85,16 @@ def method_class(name: str) -> type["Method"]:
 # -- what a sampling round produces ---------------------------------------------------------------
 @dataclass
 class SamplerConfig:
+    """The DDIM sampler every method of a run shares.
+
+    Args:
+        num_steps: denoising steps of a trajectory.
+        eta: DDIM's η; 1 is the paper's "DDPM" (memoryless) sampler, whose transitions have a density.
+        guidance_scale: classifier-free guidance's scale (1: none).
+    """
+
     num_steps: int = 20
-    eta: float = 1.0  # 1: the paper's "DDPM" (memoryless) sampler
+    eta: float = 1.0
     guidance_scale: float = 5.0
 
 

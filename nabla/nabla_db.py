@@ -2,17 +2,21 @@
 
 Both train the fine-tuned denoiser θ and a flow-score network g_φ on sampled transitions
 x_t → x_prev with the gradient-informed detailed-balance losses of :mod:`nabla.objectives`.
-They differ only in the "base" scores the policy's scores are matched against:
+They differ only in the "base" scores the policy's scores are matched against, and so in the
+objective that takes them:
 
-* residual ∇-DB: κ × the prior's forward and reverse scores (target p#^κ · exp(βr));
-* ∇-DB: the scores of the fixed backward kernel P_B (target exp(βr) alone).
+* residual ∇-DB: the prior's forward and reverse scores, with κ, in
+  ``objectives.residual_nabla_db_losses`` (target p#^κ · exp(βr));
+* ∇-DB: the scores of the fixed backward kernel P_B in ``objectives.nabla_db_losses``
+  (target exp(βr) alone).
 
-Defaults follow the official release (lzzcd001/nabla-gfn) where it has one: squared score
-residuals averaged over latent elements ("score" weighting), γ_t = ᾱ_t, the reverse loss trains
-only g_φ, 10 % of each trajectory's transitions with low-variance subsampling plus the last one,
-each round trains on the previous round's trajectories, in two optimiser steps per round. The release's flow net zeroes only
-its output bias; ours zeroes the whole output layer so that g_φ ≡ 0 at the start.
+One batch's loss, in order: ``_losses`` computes every score once and names them in an
+``objectives.BalanceTerms``; the method's ``objective`` turns them into residuals and per-sample
+losses; ``loss`` adds λ's output regulariser and takes the batch mean. The options and their
+release defaults are ``NablaDBOptions``'. The release's flow net zeroes only its output bias; ours
+zeroes the whole output layer so that g_φ ≡ 0 at the start.
 """
+
 
 from __future__ import annotations
 
@@ -29,25 +33,52 @@ from nabla.methods import LossOutput, Method, Rollouts, Transitions, register_me
 
 @dataclass
 class NablaDBOptions:
-    reward_scale: float = 1e3  # β (release: 1e3 default, 1e4 for aesthetic and HPSv2)
-    pretrained_strength: float = 1.0  # κ (residual ∇-DB only)
-    reverse_loss_weight: float = 1.0  # w_B
-    reverse_trains_policy: bool = False  # release: the reverse score carries no graph to θ
-    no_flow: bool = False  # g_φ ≡ 0 and w_B = 0
-    gamma_mode: str = "squared"  # γ_t = ᾱ_t ("squared") or √ᾱ_t ("sqrt")
-    # λ on ‖ε̂_θ − ε̂_old‖² (release: 1e3 default, 1e2–2e3 by reward). ε̂_old is the output stored
-    # at sampling time, so the term only acts off-policy: training on the previous round, or
-    # after the first of several updates per round; on-policy with one update its gradient is 0.
+    """The ∇-GFlowNets' options; defaults are the official release's (lzzcd001/nabla-gfn), sources
+    in config/README.md.
+
+    Args:
+        reward_scale: β (release: 1e3 by default, 1e4 for aesthetic and HPSv2).
+        pretrained_strength: κ, the prior's exponent in residual ∇-DB's target p#^κ·exp(βr)
+            (residual ∇-DB only).
+        reverse_loss_weight: w_B, the reverse loss's weight.
+        reverse_trains_policy: whether the reverse loss backpropagates into θ through s_θ^rev
+            (release: no, it trains only g_φ).
+        no_flow: g_φ ≡ 0 and w_B = 0.
+        gamma_mode: γ_t = ᾱ_t ("squared", release) or √ᾱ_t ("sqrt").
+        output_reg: λ on ‖ε̂_θ − ε̂_old‖² (release: 1e3 by default, 1e2–2e3 by reward). ε̂_old is the
+            output stored at sampling time, so the term acts only off-policy: training on the
+            previous round, or after the first of several updates per round; on-policy with one
+            update its gradient is 0.
+        weighting: "score" (release: squared score residuals) or "sigma2" (σ_t²-weighted: twice the
+            kernels' KL).
+        reduction: "mean" (release: squared residuals averaged over elements) or "sum".
+        transition_fraction: the share of each trajectory's transitions trained on, the last always
+            included (release 0.1).
+        stratified: low-variance (one per stratum) subsampling of those transitions (release).
+        train_on_previous_round: round r trains on round r−1's trajectories (release).
+        updates_per_round: optimiser steps per round (release: 16 × 4 trajectories per epoch,
+            4 × 8 per optimiser step).
+        microbatch_size: transitions per forward pass (gradient accumulation beyond).
+        flow_conditioned: g_φ sees the prompt (image scales).
+        flow_channels: g_φ's UNet widths at the image scales.
+    """
+
+    reward_scale: float = 1e3
+    pretrained_strength: float = 1.0
+    reverse_loss_weight: float = 1.0
+    reverse_trains_policy: bool = False
+    no_flow: bool = False
+    gamma_mode: str = "squared"
     output_reg: float = 1e3
-    weighting: str = "score"  # "score" (release) or "sigma2" (σ_t²-weighted, the kernels' KL)
-    reduction: str = "mean"  # squared residuals averaged over elements, as the release
-    transition_fraction: float = 0.1  # of each trajectory's transitions, the last always included
-    stratified: bool = True  # low-variance (one per stratum) subsampling
-    train_on_previous_round: bool = True  # release: round r trains on round r−1's trajectories
-    updates_per_round: int = 2  # release: 16 x 4 trajectories per epoch, 4 x 8 per optimiser step
-    microbatch_size: int = 32  # transitions per forward pass (gradient accumulation beyond)
-    flow_conditioned: bool = True  # g_φ sees the prompt (image scales)
-    flow_channels: tuple[int, ...] = (32, 64)  # g_φ UNet widths at the image scales
+    weighting: str = "score"
+    reduction: str = "mean"
+    transition_fraction: float = 0.1
+    stratified: bool = True
+    train_on_previous_round: bool = True
+    updates_per_round: int = 2
+    microbatch_size: int = 32
+    flow_conditioned: bool = True
+    flow_channels: tuple[int, ...] = (32, 64)
 
     def __post_init__(self):
         if self.gamma_mode not in objectives.GAMMA_MODES:
@@ -124,25 +155,29 @@ class _NablaGFlowNet(Method):
 
     def base_scores(self, tr: Transitions, a_t, a_prev, std, cond, uncond, reverse: bool):
         """(forward, reverse) scores the policy's are matched against, without graphs (reverse
-        only if asked, else zeros)."""
+        only if asked, else zeros): ``BalanceTerms.score_base_*``."""
+        raise NotImplementedError
+
+    def objective(self, terms: objectives.BalanceTerms, std) -> objectives.NablaDBLosses:
+        """The method's per-sample losses of a batch's balance terms (σ_t: ``std``)."""
         raise NotImplementedError
 
     def _policy_reverse_side(self, x_t, out, mean, tr: Transitions, a_t, std, beta_gamma_t):
         """(s_θ^rev, ∇r(x_t)) at x_t through θ's forward `out`, for the reverse residual.
 
-        The residual uses only s_θ^rev + γ_t β ∇r(x_t). Unless the reverse loss trains θ (a graph
-        through s_θ^rev, the reward gradient detached), both are gradients at x_t through the same
-        forward, so one VJP gives their sum, returned as the first term with zeros as the second.
+        Unless the reverse loss trains θ (a graph through s_θ^rev, the reward gradient detached),
+        the residual needs only s_θ^rev + γ_t β ∇r(x_t): one VJP through the same forward gives the
+        sum, returned as the first term with None as the second (``objectives.BalanceTerms``).
         """
         o, ptype = self.options, self.backend.prediction_type
         x0_hat = diffusion.predict_x0(out, x_t, a_t, ptype)
         if o.reverse_trains_policy:
-            score_rev = diffusion.reverse_score_from_mean(x_t, tr.x_prev, mean, std, create_graph=True, retain_graph=True)
+            score_rev = diffusion.reverse_score(x_t, tr.x_prev, mean, std, create_graph=True, retain_graph=True)
             return score_rev, self._reward_gradient(x_t, x0_hat, tr.prompts)
         log_prob = diffusion.gaussian_log_prob(tr.x_prev, mean, std, reduction="sum")
         reward = self.reward(self.backend.decode(x0_hat), tr.prompts)
         (combined,) = torch.autograd.grad((log_prob + beta_gamma_t * reward).sum(), x_t, retain_graph=True)
-        return combined.detach(), torch.zeros_like(combined)
+        return combined.detach(), None
 
     def _losses(self, tr: Transitions, reverse: bool):
         """Per-sample losses of transitions that all have (or all lack) a reverse term."""
@@ -162,13 +197,13 @@ class _NablaGFlowNet(Method):
             score_rev, reward_grad_t = self._policy_reverse_side(x_t, out, mean, tr, a_t, std, o.reward_scale * gamma_t)
         base_fwd, base_rev = self.base_scores(tr, a_t, a_prev, std, cond, uncond, reverse)
         flow_prev, reward_grad_prev = self.flow_terms_at_prev(tr, a_prev, cond, uncond)
-        flow_t = self._flow(tr.x_t, tr.t, cond) if reverse else zeros
-        losses = objectives.residual_nabla_db_losses(
-            score_fwd, base_fwd, score_rev, base_rev, flow_prev, flow_t, reward_grad_prev, reward_grad_t,
-            gamma_prev=objectives.gamma_schedule(a_prev, o.gamma_mode), gamma_t=gamma_t,
-            beta=o.reward_scale, kappa=1.0, is_last=tr.is_last, std=std,
-            weighting=o.weighting, reduction=o.reduction,
+        terms = objectives.BalanceTerms(
+            score_theta_fwd=score_fwd, score_theta_rev=score_rev, score_base_fwd=base_fwd, score_base_rev=base_rev,
+            flow_correction_prev=flow_prev, flow_correction_t=self._flow(tr.x_t, tr.t, cond) if reverse else zeros,
+            reward_grad_prev=reward_grad_prev, reward_grad_t=reward_grad_t,
+            gamma_prev=objectives.gamma_schedule(a_prev, o.gamma_mode), gamma_t=gamma_t, is_last=tr.is_last,
         )
+        losses = self.objective(terms, std)
         regularizer = objectives.output_regularizer(out, tr.model_output_old, o.reduction)
         return losses, regularizer, reward_grad_prev.flatten(1).norm(dim=1)
 
@@ -180,25 +215,19 @@ class _NablaGFlowNet(Method):
         groups = [(idx, reverse) for idx, reverse in ((~is_last, self.uses_reverse_loss), (is_last, False)) if idx.any()]
         # A double backward through attention needs the math SDPA kernel on CPU.
         attention = sdpa_kernel(SDPBackend.MATH) if o.reverse_trains_policy else nullcontext()
-        terms: dict[str, list[torch.Tensor]] = {k: [] for k in ("total", "forward", "reverse", "terminal", "reg", "grad")}
+        w_b = o.reverse_loss_weight if self.uses_reverse_loss else 0.0
+        parts: list[dict[str, torch.Tensor]] = []
         with attention:
             for mask, reverse in groups:
                 losses, regularizer, grad_norm = self._losses(tr.select(mask.nonzero().squeeze(1)), reverse)
-                w_b = o.reverse_loss_weight if self.uses_reverse_loss else 0.0
-                terms["total"].append(losses.total(w_b) + o.output_reg * regularizer)
-                for key, value in zip(("forward", "reverse", "terminal", "reg", "grad"), (*losses, regularizer, grad_norm)):
-                    terms[key].append(value)
-        mean = {k: torch.cat(v).mean() for k, v in terms.items()}
-        return LossOutput(
-            mean["total"],
-            {
-                "loss_forward": mean["forward"].item(),
-                "loss_reverse": mean["reverse"].item(),
-                "loss_terminal": mean["terminal"].item(),
-                "loss_output_reg": mean["reg"].item(),
-                "reward_grad_norm": mean["grad"].item(),
-            },
-        )
+                parts.append({
+                    "total": losses.total(w_b) + o.output_reg * regularizer,
+                    **{f"loss_{name}": value for name, value in losses._asdict().items()},
+                    "loss_output_reg": regularizer, "reward_grad_norm": grad_norm,
+                })
+        mean = {k: torch.cat([part[k] for part in parts]).mean() for k in parts[0]}
+        total = mean.pop("total")
+        return LossOutput(total, {k: v.item() for k, v in mean.items()})
 
 
 @register_method
@@ -210,14 +239,18 @@ class ResidualNablaDB(_NablaGFlowNet):
     target = "tilted"
 
     def base_scores(self, tr, a_t, a_prev, std, cond, uncond, reverse):
-        kappa = self.options.pretrained_strength
         x = tr.x_t.detach().requires_grad_(reverse)
         with self.backend.adapter(False), torch.set_grad_enabled(reverse):
             out = self.guided(x, tr.t, cond, uncond)
             mean = diffusion.ddim_mean(out, x, a_t, a_prev, self.sampler.eta, self.backend.prediction_type)
-            score_rev = diffusion.reverse_score_from_mean(x, tr.x_prev, mean, std) if reverse else torch.zeros_like(x)
-        score_fwd = diffusion.forward_score(tr.x_prev, mean.detach(), std)
-        return kappa * score_fwd, kappa * score_rev
+            score_rev = diffusion.reverse_score(x, tr.x_prev, mean, std) if reverse else torch.zeros_like(x)
+        return diffusion.forward_score(tr.x_prev, mean.detach(), std), score_rev
+
+    def objective(self, terms, std):
+        o = self.options
+        return objectives.residual_nabla_db_losses(
+            terms, beta=o.reward_scale, kappa=o.pretrained_strength, std=std, weighting=o.weighting, reduction=o.reduction,
+        )
 
 
 @register_method
@@ -229,5 +262,8 @@ class NablaDB(_NablaGFlowNet):
     target = "reward_only"
 
     def base_scores(self, tr, a_t, a_prev, std, cond, uncond, reverse):
-        pb_prev, pb_t = objectives.backward_scores(tr.x_t, tr.x_prev, a_t, a_prev)
-        return pb_prev, pb_t
+        return objectives.backward_scores(tr.x_t, tr.x_prev, a_t, a_prev)
+
+    def objective(self, terms, std):
+        o = self.options
+        return objectives.nabla_db_losses(terms, beta=o.reward_scale, std=std, weighting=o.weighting, reduction=o.reduction)

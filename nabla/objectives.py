@@ -32,10 +32,21 @@ The flow score is parameterised "forward-looking"::
     ∇log F̃(x_t) ≈ γ_t β ∇_{x_t} r(decode(x̂_0^θ(x_t))) + g_φ(x_t, t, c)
 
 (``flow_score``), where ``g_φ`` is a network whose output starts at zero
-(:mod:`nabla.flow`). The functions here never reduce over the batch: residuals are per element,
-losses per sample ``(B,)``; the method chooses the reduction. Nothing is detached except where a
-formula says stop-gradient (the terminal forward target and the stored regularisation target);
-pass reward gradients and prior scores without a graph.
+(:mod:`nabla.flow`).
+
+What training runs, in three steps (torchgfn's scores → loss):
+
+1. the method computes every score of a batch once and names them in a ``BalanceTerms``;
+2. ``residual_nabla_db_residuals`` (κ passed here) or ``nabla_db_residuals`` forms the
+   residuals above with ``residual_forward``/``residual_reverse`` or
+   ``nabla_db_forward``/``nabla_db_reverse``, masking the last transition's;
+3. ``balance_losses`` only squares and reduces them per sample.
+
+``residual_nabla_db_losses`` and ``nabla_db_losses`` are steps 2–3. The functions here never
+reduce over the batch: residuals are per element, losses per sample ``(B,)``; the method chooses
+the reduction. Nothing is detached except where a formula says stop-gradient (the terminal
+forward target and the stored regularisation target); pass reward gradients and prior scores
+without a graph.
 """
 
 from __future__ import annotations
@@ -201,6 +212,38 @@ def output_regularizer(model_out: torch.Tensor, model_out_old: torch.Tensor, red
     return _sum_over_sample((model_out - model_out_old.detach()).pow(2), reduction)
 
 
+class BalanceTerms(NamedTuple):
+    """What the ∇-DB residuals of one batch of transitions ``x_t → x_prev`` are made of.
+
+    Each tensor is ``(B, ...)``, shaped like ``x``, and carries a graph only where the loss trains
+    through it: θ's scores, and g_φ's outputs. ``gamma_*`` are numbers or ``(B,)``.
+
+    ``reward_grad_t=None`` marks a fusion that saves a pass: the reverse residual needs θ's reverse
+    score only in the sum s_θ^rev + γ_t β ∇r(x_t), two gradients at x_t through the same denoiser
+    forward, so one VJP gives it and ``score_theta_rev`` holds that sum (see ``reverse_flow_score``).
+    """
+
+    score_theta_fwd: torch.Tensor  # s_θ^fwd = ∇_{x_prev} log P_F^θ(x_prev | x_t)
+    score_theta_rev: torch.Tensor  # s_θ^rev = ∇_{x_t} log P_F^θ(x_prev | x_t), or s_θ^rev + γ_t β ∇r(x_t)
+    score_base_fwd: torch.Tensor  # residual ∇-DB: the prior's s_#^fwd; ∇-DB: ∇_{x_prev} log P_B
+    score_base_rev: torch.Tensor  # residual ∇-DB: the prior's s_#^rev; ∇-DB: ∇_{x_t} log P_B
+    flow_correction_prev: torch.Tensor  # g_φ(x_prev) (g_φ(x_0) on last transitions)
+    flow_correction_t: torch.Tensor  # g_φ(x_t)
+    reward_grad_prev: torch.Tensor  # ∇_{x_prev} r(decode(x̂_0(x_prev))) (∇r(x_0) on last transitions)
+    reward_grad_t: Optional[torch.Tensor]  # ∇_{x_t} r(decode(x̂_0(x_t))); None: inside score_theta_rev
+    gamma_prev: Scalar  # γ at x_prev (see ``gamma_schedule``)
+    gamma_t: Scalar  # γ at x_t
+    is_last: torch.Tensor  # (B,) bool: x_prev = x_0
+
+
+class BalanceResiduals(NamedTuple):
+    """Per-element residuals of one batch, each ``(B, ...)``: zero where a condition does not apply."""
+
+    forward: torch.Tensor  # ∂D/∂x_prev
+    reverse: torch.Tensor  # ∂D/∂x_t (0 on last transitions)
+    terminal: torch.Tensor  # g_φ(x_0) (0 except on last transitions)
+
+
 class NablaDBLosses(NamedTuple):
     """Per-sample losses of one batch of transitions, each ``(B,)``."""
 
@@ -213,122 +256,113 @@ class NablaDBLosses(NamedTuple):
         return self.forward + reverse_weight * self.reverse + self.terminal
 
 
-def _assemble(
-    score_theta_fwd: torch.Tensor,
-    score_theta_rev: torch.Tensor,
-    base_fwd: torch.Tensor,
-    base_rev: torch.Tensor,
-    flow_correction_prev: torch.Tensor,
-    flow_correction_t: torch.Tensor,
-    reward_grad_prev: torch.Tensor,
-    reward_grad_t: torch.Tensor,
-    gamma_prev: Scalar,
-    gamma_t: Scalar,
-    beta: Scalar,
-    is_last: torch.Tensor,
-    std: Optional[Scalar],
-    weighting: str,
-    terminal_gamma: Scalar,
-    reduction: str = "sum",
-) -> NablaDBLosses:
-    """Shared by both objectives: targets are ``base_fwd + ∇log F(x_prev)`` and ``base_rev − ∇log F(x_t)``."""
-    last = _mask_like(is_last, score_theta_fwd)
-    # Last transition: x_prev = x_0, whose flow score is known exactly (β∇r), so g_φ is left out
-    # and the target is a constant for θ.
-    target_fwd = torch.where(
-        last,
-        (base_fwd + flow_score(torch.zeros_like(reward_grad_prev), reward_grad_prev, terminal_gamma, beta)).detach(),
-        base_fwd + flow_score(flow_correction_prev, reward_grad_prev, gamma_prev, beta),
-    )
-    target_rev = base_rev - flow_score(flow_correction_t, reward_grad_t, gamma_t, beta)
+def forward_flow_score(terms: BalanceTerms, beta: Scalar, terminal_gamma: Scalar = 1.0) -> torch.Tensor:
+    """∇log F̃(x_prev): ``flow_score`` at x_prev, and on last transitions the exact terminal flow
+    score γ_term β ∇r(x_0) (no g_φ, no graph: there the forward target is a constant for θ)."""
+    last = _mask_like(terms.is_last, terms.score_theta_fwd)
+    terminal = flow_score(torch.zeros_like(terms.reward_grad_prev), terms.reward_grad_prev, terminal_gamma, beta)
+    inner = flow_score(terms.flow_correction_prev, terms.reward_grad_prev, terms.gamma_prev, beta)
+    return torch.where(last, terminal.detach(), inner)
 
-    loss_fwd = squared_norm(score_theta_fwd - target_fwd, std, weighting, reduction)
-    loss_rev = squared_norm(score_theta_rev - target_rev, std, weighting, reduction)
-    # where, not a product with the mask: masked samples give exactly 0, whatever was passed for them.
-    mask = last.reshape(-1)
-    zero = torch.zeros_like(loss_fwd)
+
+def reverse_flow_score(terms: BalanceTerms, beta: Scalar) -> torch.Tensor:
+    """∇log F̃(x_t): ``flow_score`` at x_t; with the fusion (``reward_grad_t=None``) only g_φ(x_t),
+    the reward part γ_t β ∇r(x_t) being inside ``score_theta_rev``."""
+    if terms.reward_grad_t is None:
+        return terms.flow_correction_t
+    return flow_score(terms.flow_correction_t, terms.reward_grad_t, terms.gamma_t, beta)
+
+
+def _terminal_constant(base_fwd: torch.Tensor, is_last: torch.Tensor) -> torch.Tensor:
+    """The base forward score, cut from the graph on last transitions (part of a constant target)."""
+    return torch.where(_mask_like(is_last, base_fwd), base_fwd.detach(), base_fwd)
+
+
+def _masked(residual_fwd: torch.Tensor, residual_rev: torch.Tensor, terms: BalanceTerms) -> BalanceResiduals:
+    """Reverse residuals only off the last transition, the terminal condition only on it.
+
+    ``where``, not a product with the mask: masked samples give exactly 0, whatever was passed.
+    """
+    last = _mask_like(terms.is_last, residual_fwd)
+    zero = torch.zeros((), dtype=residual_fwd.dtype, device=residual_fwd.device)
+    return BalanceResiduals(
+        forward=residual_fwd,
+        reverse=torch.where(last, zero, residual_rev),
+        terminal=torch.where(last, terms.flow_correction_prev, zero),
+    )
+
+
+def residual_nabla_db_residuals(
+    terms: BalanceTerms, beta: Scalar, kappa: Scalar, terminal_gamma: Scalar = 1.0
+) -> BalanceResiduals:
+    """Residual ∇-DB's residuals of a batch (``terms.score_base_*`` are the prior's scores)::
+
+        forward  = s_θ^fwd − (κ s_#^fwd + γ_prev β ∇r_prev + g_φ(x_prev))      (``residual_forward``)
+        reverse  = s_θ^rev − (κ s_#^rev − γ_t β ∇r_t − g_φ(x_t))               (``residual_reverse``)
+
+    and, where ``is_last`` (x_prev = x_0)::
+
+        forward  = s_θ^fwd − sg(κ s_#^fwd + γ_term β ∇r(x_0))    (no g_φ; γ_term = 1)
+        reverse  = 0
+        terminal = g_φ(x_0)
+    """
+    forward = residual_forward(
+        terms.score_theta_fwd, _terminal_constant(terms.score_base_fwd, terms.is_last),
+        forward_flow_score(terms, beta, terminal_gamma), kappa,
+    )
+    reverse = residual_reverse(terms.score_theta_rev, terms.score_base_rev, reverse_flow_score(terms, beta), kappa)
+    return _masked(forward, reverse, terms)
+
+
+def nabla_db_residuals(terms: BalanceTerms, beta: Scalar, terminal_gamma: Scalar = 1.0) -> BalanceResiduals:
+    """Plain ∇-DB's residuals (target exp(βr) alone; ``terms.score_base_*`` are P_B's scores,
+    ``backward_scores``)::
+
+        forward  = s_θ^fwd − (∇_{x_prev} log P_B + γ_prev β ∇r_prev + g_φ(x_prev))   (``nabla_db_forward``)
+        reverse  = s_θ^rev − (∇_{x_t} log P_B − γ_t β ∇r_t − g_φ(x_t))              (``nabla_db_reverse``)
+
+    with the same handling of last transitions as ``residual_nabla_db_residuals``.
+    """
+    forward = nabla_db_forward(
+        terms.score_theta_fwd, _terminal_constant(terms.score_base_fwd, terms.is_last),
+        forward_flow_score(terms, beta, terminal_gamma),
+    )
+    reverse = nabla_db_reverse(terms.score_theta_rev, terms.score_base_rev, reverse_flow_score(terms, beta))
+    return _masked(forward, reverse, terms)
+
+
+def balance_losses(
+    residuals: BalanceResiduals, std: Optional[Scalar] = None, weighting: str = "score", reduction: str = "sum"
+) -> NablaDBLosses:
+    """Square and reduce: L_fwd = w‖forward‖², L_rev = w‖reverse‖², L_term = ‖terminal‖² (unweighted:
+    not a transition), per sample. ``w`` is 1 (``"score"``) or σ_t² (``"sigma2"``, needs ``std``)."""
     return NablaDBLosses(
-        forward=loss_fwd,
-        reverse=torch.where(mask, zero, loss_rev),
-        terminal=torch.where(mask, terminal_flow_loss(flow_correction_prev, reduction), zero),
+        forward=squared_norm(residuals.forward, std, weighting, reduction),
+        reverse=squared_norm(residuals.reverse, std, weighting, reduction),
+        terminal=terminal_flow_loss(residuals.terminal, reduction),
     )
 
 
 def residual_nabla_db_losses(
-    score_theta_fwd: torch.Tensor,
-    score_prior_fwd: torch.Tensor,
-    score_theta_rev: torch.Tensor,
-    score_prior_rev: torch.Tensor,
-    flow_correction_prev: torch.Tensor,
-    flow_correction_t: torch.Tensor,
-    reward_grad_prev: torch.Tensor,
-    reward_grad_t: torch.Tensor,
-    gamma_prev: Scalar,
-    gamma_t: Scalar,
+    terms: BalanceTerms,
     beta: Scalar,
     kappa: Scalar,
-    is_last: torch.Tensor,
     std: Optional[Scalar] = None,
     weighting: str = "score",
     terminal_gamma: Scalar = 1.0,
     reduction: str = "sum",
 ) -> NablaDBLosses:
-    """Per-sample residual ∇-DB losses for a batch of transitions ``x_t → x_prev``.
-
-    With the flow score F̃'(x) = γ β ∇r(x) + g_φ(x) (``flow_score``)::
-
-        L_fwd  = w ‖s_θ^fwd − (κ s_#^fwd + γ_prev β ∇r_prev + g_φ(x_prev))‖²
-        L_rev  = w ‖s_θ^rev − (κ s_#^rev − γ_t β ∇r_t − g_φ(x_t))‖²
-        L_term = 0
-
-    and, where ``is_last`` (x_prev = x_0)::
-
-        L_fwd  = w ‖s_θ^fwd − sg(κ s_#^fwd + γ_term β ∇r(x_0))‖²   (no g_φ; γ_term = 1)
-        L_rev  = 0
-        L_term = ‖g_φ(x_0)‖²                                         (unweighted)
-
-    ``w`` is 1 (``weighting="score"``) or σ_t² (``"sigma2"``, needs ``std``). ``flow_correction_prev``
-    is g_φ evaluated at x_prev (at x_0 on last transitions), ``reward_grad_prev`` the reward
-    gradient there (∇r(x_0) on last transitions). ``gamma_*``, ``beta``, ``kappa``, ``std``: numbers
-    or ``(B,)``; ``is_last``: ``(B,)`` bool.
-    """
-    return _assemble(
-        score_theta_fwd, score_theta_rev,
-        _per_sample(kappa, score_prior_fwd) * score_prior_fwd, _per_sample(kappa, score_prior_rev) * score_prior_rev,
-        flow_correction_prev, flow_correction_t, reward_grad_prev, reward_grad_t,
-        gamma_prev, gamma_t, beta, is_last, std, weighting, terminal_gamma, reduction,
-    )
+    """Per-sample residual ∇-DB losses: ``balance_losses`` of ``residual_nabla_db_residuals``."""
+    return balance_losses(residual_nabla_db_residuals(terms, beta, kappa, terminal_gamma), std, weighting, reduction)
 
 
 def nabla_db_losses(
-    score_theta_fwd: torch.Tensor,
-    pb_score_prev: torch.Tensor,
-    score_theta_rev: torch.Tensor,
-    pb_score_t: torch.Tensor,
-    flow_correction_prev: torch.Tensor,
-    flow_correction_t: torch.Tensor,
-    reward_grad_prev: torch.Tensor,
-    reward_grad_t: torch.Tensor,
-    gamma_prev: Scalar,
-    gamma_t: Scalar,
+    terms: BalanceTerms,
     beta: Scalar,
-    is_last: torch.Tensor,
     std: Optional[Scalar] = None,
     weighting: str = "score",
     terminal_gamma: Scalar = 1.0,
     reduction: str = "sum",
 ) -> NablaDBLosses:
-    """Per-sample plain ∇-DB losses (target exp(βr) alone): ``residual_nabla_db_losses`` with the
-    P_B scores (``backward_scores``) in place of κ × the prior's::
-
-        L_fwd = w ‖s_θ^fwd − (∇_{x_prev} log P_B + γ_prev β ∇r_prev + g_φ(x_prev))‖²
-        L_rev = w ‖s_θ^rev − (∇_{x_t} log P_B − γ_t β ∇r_t − g_φ(x_t))‖²
-
-    and the same handling of last transitions (forward target sg(∇_{x_0} log P_B + β∇r(x_0))
-    without g_φ, L_rev = 0, L_term = ‖g_φ(x_0)‖²).
-    """
-    return _assemble(
-        score_theta_fwd, score_theta_rev, pb_score_prev, pb_score_t,
-        flow_correction_prev, flow_correction_t, reward_grad_prev, reward_grad_t,
-        gamma_prev, gamma_t, beta, is_last, std, weighting, terminal_gamma, reduction,
-    )
+    """Per-sample plain ∇-DB losses: ``balance_losses`` of ``nabla_db_residuals``."""
+    return balance_losses(nabla_db_residuals(terms, beta, terminal_gamma), std, weighting, reduction)

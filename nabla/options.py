@@ -9,6 +9,7 @@ deriving from :class:`Checked` lists every out-of-range value of its ``problems(
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any
 
 
@@ -82,3 +83,40 @@ def options_from_dict(cls: type, values: dict | None) -> Any:
     if found:
         raise ConfigError(found, cls.__name__)
     return built
+
+
+def option_docs(cls: type) -> dict[str, str]:
+    """Each field's description from the ``Args:`` block of the dataclass's docstring (and its
+    bases'), TRL-style: ``name: text`` indented under ``Args:``, continuation lines deeper.
+
+    The docstring is the one place an option is documented; ``config/options.md`` is generated
+    from it (``python -m nabla options-doc``).
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        text = klass.__dict__.get("__doc__")
+        if not text or "Args:" not in text:
+            continue
+        lines = inspect.cleandoc(text).splitlines()
+        body = lines[lines.index("Args:") + 1:]
+        name = None
+        for line in body:
+            if line and not line.startswith(" "):
+                break  # the block ends where the indentation does
+            stripped = line.strip()
+            if not stripped:
+                continue
+            head, sep, rest = stripped.partition(": ")
+            if line.startswith("    ") and not line.startswith("     ") and sep and head.isidentifier():
+                name = head
+                docs[name] = rest.strip()
+            elif name is not None:
+                docs[name] += " " + stripped
+    return docs
+
+
+def undocumented_options(cls: type) -> tuple[list[str], list[str]]:
+    """(fields without an ``Args:`` entry, entries that name no field) of an options dataclass."""
+    fields = [f.name for f in dataclasses.fields(cls)]
+    docs = option_docs(cls)
+    return [f for f in fields if f not in docs], [d for d in docs if d not in fields]

@@ -242,12 +242,19 @@ def _pf_setup(dim, prediction_type="epsilon", step=STEPS // 2, eta=1.0, seed=7):
     return mlp, mean_fn, x_t, x_prev, std
 
 
+def reverse_score_through(x_t, x_prev, mean_fn, std, create_graph=False):
+    """``reverse_score`` at a fresh leaf copy of x_t, with μ = mean_fn(x_t) built from it."""
+    with torch.enable_grad():
+        x = x_t.detach().requires_grad_(True)
+        return reverse_score(x, x_prev, mean_fn(x), std, create_graph=create_graph)
+
+
 @pytest.mark.parametrize("dim", [2, 4])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_reverse_score_autograd_and_fd(dim, prediction_type):
     mlp, mean_fn, x_t, x_prev, std = _pf_setup(dim, prediction_type)
     log_pf = lambda z: gaussian_log_prob(x_prev, mean_fn(z), std)  # noqa: E731
-    score = reverse_score(x_t, x_prev, mean_fn, std)
+    score = reverse_score_through(x_t, x_prev, mean_fn, std)
     assert score.shape == x_t.shape and score.grad_fn is None
     assert all(p.grad is None for p in mlp.parameters())
     x = x_t.clone().requires_grad_(True)
@@ -262,7 +269,7 @@ def test_reverse_score_autograd_and_fd(dim, prediction_type):
 def test_reverse_score_last_step_finite():
     _, mean_fn, x_t, x_prev, std = _pf_setup(2, step=-1)
     assert 0 < float(std) < 0.1
-    score = reverse_score(x_t, x_prev, mean_fn, std)
+    score = reverse_score_through(x_t, x_prev, mean_fn, std)
     assert torch.isfinite(score).all()
     x = x_t.clone().requires_grad_(True)
     (auto,) = torch.autograd.grad(gaussian_log_prob(x_prev, mean_fn(x), std).sum(), x)
@@ -272,7 +279,7 @@ def test_reverse_score_last_step_finite():
 def test_reverse_score_create_graph_reaches_parameters():
     mlp, mean_fn, x_t, x_prev, std = _pf_setup(2)
     w = torch.tensor([[0.3, -1.1], [0.7, 0.2]], dtype=torch.float64)
-    objective = lambda: (reverse_score(x_t, x_prev, mean_fn, std, create_graph=True) * w).sum()  # noqa: E731
+    objective = lambda: (reverse_score_through(x_t, x_prev, mean_fn, std, create_graph=True) * w).sum()  # noqa: E731
     value = objective()
     assert value.grad_fn is not None
     param = mlp[0].weight
@@ -307,7 +314,7 @@ def test_eta_zero_is_deterministic():
         with pytest.raises(ValueError, match="deterministic"):
             forward_score(mu, mu, std)
         with pytest.raises(ValueError, match="deterministic"):
-            reverse_score(x_t, mu, lambda x: x, std)
+            reverse_score_through(x_t, mu, lambda x: x, std)
 
 
 def test_last_step_eta_one_finite():

@@ -43,11 +43,14 @@ def test_a_run_is_measured_against_the_tilted_target_and_its_own(toy_run, tmp_pa
 
 def test_the_prior_is_evaluated_from_the_training_config_alone(toy_prior_dir, tmp_path):
     config = tmp_path / "toy.yaml"
-    config.write_text(yaml.safe_dump({**TOY, "model": str(toy_prior_dir)}))
+    # a method's section that set a shared key would reach its runs, never the prior's row
+    methods = {"residual_nabla_db": {"eval_target_beta": 2.0}}
+    config.write_text(yaml.safe_dump({**TOY, "model": str(toy_prior_dir), "methods": methods}))
     main(["evaluate-prior", "--config", str(config), "--reward", "linear", "--out", str(tmp_path / "p.json"),
           "--samples", "2000"])
     prior = json.loads((tmp_path / "p.json").read_text())
     assert prior["method"] == "pretrained" and prior["energy_distance_own_target"] is None  # no method, no own target
+    assert prior["beta"] == TOY["eval_target_beta"]
     exact = mixture_energy_distance(circle_mixture(), tilt_linear(circle_mixture(), (1.0, 0.0), 0.5))
     assert abs(prior["energy_distance_target"] - exact) < 0.3
 

@@ -13,7 +13,7 @@ from nabla.bench import count_denoiser_passes, denoiser_passes
 from nabla.config import TrainConfig
 from nabla.trainer import Trainer, round_generator
 
-OPTIONS = dict(reward_scale=0.7, output_reg=3.0, transition_fraction=0.25, train_on_previous_round=False,
+OPTIONS = dict(reward_scale=0.7, pretrained_strength=0.6, output_reg=3.0, transition_fraction=0.25, train_on_previous_round=False,
                weighting="sigma2", reverse_loss_weight=2.0, updates_per_round=1, microbatch_size=4096)
 
 
@@ -48,7 +48,7 @@ def micro_batch(trainer):
 
 
 def reference_loss(method, tr):
-    """Residual ∇-DB (κ = 1) or ∇-DB on the whole batch, each score by its own autograd call."""
+    """Residual ∇-DB or ∇-DB on the whole batch, each score by its own autograd call."""
     o, backend, eta = method.options, method.backend, method.sampler.eta
     ptype = backend.prediction_type
     a_t, a_prev, std = method.transition_coefficients(tr)
@@ -79,11 +79,15 @@ def reference_loss(method, tr):
     x0_prev = torch.where(last, y, diffusion.predict_x0(out_y, y, a_prev, ptype))
     (grad_prev,) = torch.autograd.grad(reward(x0_prev).sum(), y)
 
-    losses = objectives.residual_nabla_db_losses(
-        score_fwd, base_fwd, score_rev, base_rev,
+    terms = objectives.BalanceTerms(
+        score_fwd, score_rev, base_fwd, base_rev,
         method._flow(tr.x_prev, tr.t_prev, cond), method._flow(tr.x_t, tr.t, cond), grad_prev, grad_t,
-        gamma_prev=a_prev, gamma_t=a_t, beta=o.reward_scale, kappa=1.0, is_last=tr.is_last, std=std,
-        weighting=o.weighting, reduction=o.reduction,
+        gamma_prev=a_prev, gamma_t=a_t, is_last=tr.is_last,
+    )
+    # The reference keeps reward_grad_t apart (no fusion); P_B's scores enter ∇-DB at κ = 1.
+    kappa = o.pretrained_strength if method.name == "residual_nabla_db" else 1.0
+    losses = objectives.residual_nabla_db_losses(
+        terms, beta=o.reward_scale, kappa=kappa, std=std, weighting=o.weighting, reduction=o.reduction,
     )
     reg = objectives.output_regularizer(out, tr.model_output_old, o.reduction)
     return (losses.total(o.reverse_loss_weight) + o.output_reg * reg).mean()

@@ -8,6 +8,7 @@ import torch
 
 from nabla.diffusion import backward_log_prob, gaussian_log_prob
 from nabla.objectives import (
+    BalanceTerms,
     backward_scores,
     flow_score,
     gamma_schedule,
@@ -196,9 +197,12 @@ def test_nabla_db_residuals_are_gradients_of_the_db_condition():
 
     # The assembled losses (no last transition) are the squared norms of those gradients.
     losses = nabla_db_losses(
-        fwd(x_t, x_prev), pb_prev, rev(x_t, x_prev), pb_t,
-        gh_prev(x_prev), gh_t(x_t), grad_r(x_prev), grad_r(x_t),
-        GAMMA_PREV, GAMMA_T, BETA, torch.zeros(4, dtype=torch.bool),
+        BalanceTerms(
+            fwd(x_t, x_prev), rev(x_t, x_prev), pb_prev, pb_t,
+            gh_prev(x_prev), gh_t(x_t), grad_r(x_prev), grad_r(x_t),
+            GAMMA_PREV, GAMMA_T, torch.zeros(4, dtype=torch.bool),
+        ),
+        BETA,
     )
     assert torch.allclose(losses.forward, (d_prev**2).sum(-1))
     assert torch.allclose(losses.reverse, (d_t**2).sum(-1))
@@ -229,12 +233,12 @@ def residual_setup(kappa):
             residual_reverse(rev_theta(x_t, x_prev), rev_prior(x_t, x_prev), flow_t, kappa),
         )
 
-    scores = lambda x_t, x_prev: dict(  # noqa: E731
-        score_theta_fwd=fwd_theta(x_t, x_prev), score_prior_fwd=fwd_prior(x_t, x_prev),
-        score_theta_rev=rev_theta(x_t, x_prev), score_prior_rev=rev_prior(x_t, x_prev),
+    scores = lambda x_t, x_prev, is_last: BalanceTerms(  # noqa: E731
+        score_theta_fwd=fwd_theta(x_t, x_prev), score_base_fwd=fwd_prior(x_t, x_prev),
+        score_theta_rev=rev_theta(x_t, x_prev), score_base_rev=rev_prior(x_t, x_prev),
         flow_correction_prev=gh_prev(x_prev), flow_correction_t=gh_t(x_t),
         reward_grad_prev=grad_r(x_prev), reward_grad_t=grad_r(x_t),
-        gamma_prev=GAMMA_PREV, gamma_t=GAMMA_T, beta=BETA, kappa=kappa,
+        gamma_prev=GAMMA_PREV, gamma_t=GAMMA_T, is_last=is_last,
     )
     return D_theta, D_prior, residuals, scores
 
@@ -248,7 +252,7 @@ def test_residual_nabla_db_is_gradient_of_theta_minus_prior_condition():
     assert torch.allclose(res_fwd, d_prev)
     assert torch.allclose(res_rev, d_t)
 
-    losses = residual_nabla_db_losses(**scores(x_t, x_prev), is_last=torch.zeros(4, dtype=torch.bool))
+    losses = residual_nabla_db_losses(scores(x_t, x_prev, torch.zeros(4, dtype=torch.bool)), BETA, kappa=1.0)
     assert torch.allclose(losses.forward, (d_prev**2).sum(-1))
     assert torch.allclose(losses.reverse, (d_t**2).sum(-1))
 
@@ -263,6 +267,25 @@ def test_residual_nabla_db_with_kappa_drops_only_the_backward_term():
     pb_prev, pb_t = backward_scores(x_t, x_prev, A_T, A_PREV)
     assert torch.allclose(res_fwd - (1 - kappa) * pb_prev, d_prev)
     assert torch.allclose(res_rev - (1 - kappa) * pb_t, d_t)
+    # κ reaches the residuals through the objective's own argument.
+    _, _, _, scores = residual_setup(kappa)
+    losses = residual_nabla_db_losses(scores(x_t, x_prev, torch.zeros(4, dtype=torch.bool)), BETA, kappa=kappa)
+    assert torch.allclose(losses.forward, ((d_prev + (1 - kappa) * pb_prev) ** 2).sum(-1))
+    assert torch.allclose(losses.reverse, ((d_t + (1 - kappa) * pb_t) ** 2).sum(-1))
+
+
+def test_fused_reverse_score_equals_the_separate_terms():
+    # reward_grad_t=None: score_theta_rev holds s_θ^rev + γ_t β ∇r(x_t), and the losses are unchanged.
+    i = {k: v.detach() for k, v in random_inputs(seed=6).items()}
+    is_last = torch.tensor([False, True, False])
+    separate = balance_terms(i, is_last)
+    fused = separate._replace(
+        score_theta_rev=i["score_theta_rev"] + (separate.gamma_t * 2.0).view(-1, 1, 1) * i["reward_grad_t"],
+        reward_grad_t=None,
+    )
+    for objective in (lambda t: residual_nabla_db_losses(t, 2.0, 0.8), lambda t: nabla_db_losses(t, 2.0)):
+        for p, q in zip(objective(separate), objective(fused)):
+            assert torch.allclose(p, q)
 
 
 def test_last_transition_matches_the_terminal_db_condition():
@@ -280,9 +303,12 @@ def test_last_transition_matches_the_terminal_db_condition():
     d_0, _ = db_condition_grads(D, x_t, x_0)
     pb_0, pb_t = backward_scores(x_t, x_0, A_T, A_PREV)
     losses = nabla_db_losses(
-        fwd(x_t, x_0), pb_0, rev(x_t, x_0), pb_t,
-        gh_0(x_0), gh_t(x_t), grad_r(x_0), grad_r(x_t),
-        0.123, GAMMA_T, BETA, torch.ones(2, dtype=torch.bool),
+        BalanceTerms(
+            fwd(x_t, x_0), rev(x_t, x_0), pb_0, pb_t,
+            gh_0(x_0), gh_t(x_t), grad_r(x_0), grad_r(x_t),
+            0.123, GAMMA_T, torch.ones(2, dtype=torch.bool),
+        ),
+        BETA,
     )
     assert torch.allclose(losses.forward, (d_0**2).sum(-1))
     assert torch.equal(losses.reverse, torch.zeros(2, dtype=torch.float64))
@@ -301,9 +327,18 @@ def random_inputs(seed=0, batch=3, shape=(2, 2)):
     return {n: torch.randn(batch, *shape, generator=g, dtype=torch.float64).requires_grad_(True) for n in names}
 
 
+def balance_terms(inputs, is_last, gamma_prev=torch.tensor([0.5, 0.7, 0.9]), gamma_t=torch.tensor([0.4, 0.6, 0.8])):
+    """``random_inputs`` as the objective's named container (the prior's scores as the base)."""
+    i = dict(inputs)
+    return BalanceTerms(
+        score_base_fwd=i.pop("score_prior_fwd"), score_base_rev=i.pop("score_prior_rev"),
+        gamma_prev=gamma_prev, gamma_t=gamma_t, is_last=is_last, **i,
+    )
+
+
 def residual_losses(inputs, is_last, **kw):
-    kw = {"gamma_prev": torch.tensor([0.5, 0.7, 0.9]), "gamma_t": torch.tensor([0.4, 0.6, 0.8]), "beta": 2.0, "kappa": 0.8, **kw}
-    return residual_nabla_db_losses(**inputs, is_last=is_last, **kw)
+    kw = {"beta": 2.0, "kappa": 0.8, **kw}
+    return residual_nabla_db_losses(balance_terms(inputs, is_last), **kw)
 
 
 def test_terminal_mask_forward_target_has_no_flow_correction_and_is_detached():
@@ -381,13 +416,9 @@ def test_nabla_db_losses_use_backward_scores_in_place_of_prior():
     # nabla_db_losses(pb) = residual_nabla_db_losses(prior = pb, κ = 1).
     i = {k: v.detach() for k, v in random_inputs(seed=5).items()}
     is_last = torch.tensor([False, True, False])
-    common = dict(
-        flow_correction_prev=i["flow_correction_prev"], flow_correction_t=i["flow_correction_t"],
-        reward_grad_prev=i["reward_grad_prev"], reward_grad_t=i["reward_grad_t"],
-        gamma_prev=0.5, gamma_t=0.4, beta=2.0, is_last=is_last,
-    )
-    plain = nabla_db_losses(i["score_theta_fwd"], i["score_prior_fwd"], i["score_theta_rev"], i["score_prior_rev"], **common)
-    resid = residual_nabla_db_losses(i["score_theta_fwd"], i["score_prior_fwd"], i["score_theta_rev"], i["score_prior_rev"], kappa=1.0, **common)
+    terms = balance_terms(i, is_last, gamma_prev=0.5, gamma_t=0.4)
+    plain = nabla_db_losses(terms, beta=2.0)
+    resid = residual_nabla_db_losses(terms, beta=2.0, kappa=1.0)
     for p, q in zip(plain, resid):
         assert torch.allclose(p, q)
 
