@@ -67,11 +67,15 @@ def toy_prior_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def openmoji_cache(tmp_path_factory):
-    """The OpenMoji render cache: a copy of the repository's if present (never written to), else rendered."""
+    """The OpenMoji render cache: a copy of the repository's if present (never written to), else rendered
+    here, so that a test which copies the file finds it whichever test of the worker runs first."""
+    from nabla.data.openmoji import load_openmoji
+
     repo_cache = Path(__file__).resolve().parents[1] / "runs" / "data" / "openmoji32.npz"
     cache = tmp_path_factory.mktemp("openmoji") / "openmoji32.npz"
-    if repo_cache.exists():  # a stale copy is re-rendered by load_openmoji
+    if repo_cache.exists():
         shutil.copy(repo_cache, cache)
+    load_openmoji(cache)  # renders a missing or stale cache once
     return cache
 
 

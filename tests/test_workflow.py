@@ -104,9 +104,9 @@ def test_the_default_plan_runs_both_protocols_at_toy2d_and_the_release_one_at_ti
     out = dry_run("--forceall", "--profile", "profiles/local")
     jobs = job_counts(out)
     # toy2d: 11 methods x 2 rewards, one job each for the release and the tuned protocol (3 seeds)
-    # and for the tuning grid (4 points); tiny: 7 methods x 1 reward x 1 seed; a prior row per reward;
-    # the prior's quality table needs the learned reward's classifier
-    assert jobs["runs"] == str(22 + 22 + 7) and jobs["tune_runs"] == "22" and jobs["evaluate_prior"] == "3"
+    # and for the tuning grid (4 points); tiny: 7 methods x 2 rewards x 3 seeds, a job a run; a prior
+    # row per reward; the prior's quality table needs the learned reward's classifier
+    assert jobs["runs"] == str(22 + 22 + 42) and jobs["tune_runs"] == "22" and jobs["evaluate_prior"] == "4"
     assert jobs["prior_quality"] == "1" and jobs["train_tiny_reward"] == "1"
     assert jobs["select_settings"] == "1" and jobs["aggregate"] == "4" and jobs["publish"] == "2"
     assert jobs["toy2d_exactness"] == "1"
