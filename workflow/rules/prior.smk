@@ -96,7 +96,7 @@ rule prior_quality:
         model=folder_of("model"),
         classifier=folder_of("classifier"),
         features=folder_of("features"),
-        out=f"{TREE}/tiny/prior_quality",
+        out=lambda w, output: os.path.splitext(output[0])[0],
         grid=lambda w: config["tiny"]["prior_samples"],
     shell:
         "python -m nabla prior-quality --model {params.model} --classifier {params.classifier}"
