@@ -36,7 +36,8 @@ class Checked:
             raise ConfigError(found, type(self).__name__)
 
 
-def _default(field: dataclasses.Field) -> Any:
+def field_default(field: dataclasses.Field) -> Any:
+    """A dataclass field's default value (its factory's product; None without a default)."""
     if field.default is not dataclasses.MISSING:
         return field.default
     if field.default_factory is not dataclasses.MISSING:
@@ -73,7 +74,7 @@ def options_from_dict(cls: type, values: dict | None) -> Any:
     found = [f"unknown key {k!r} (known: {', '.join(sorted(fields))})" for k in sorted(set(values) - set(fields))]
     typed = {k: v for k, v in values.items() if k in fields}
     for key, value in list(typed.items()):
-        if found_type := _type_problem(key, _default(fields[key]), value):
+        if found_type := _type_problem(key, field_default(fields[key]), value):
             found.append(found_type)
             del typed[key]
     try:

@@ -11,7 +11,7 @@ import dataclasses
 import inspect
 from pathlib import Path
 
-from nabla.options import option_docs, undocumented_options
+from nabla.options import field_default, option_docs, undocumented_options
 
 HEADER = """# Options reference
 
@@ -22,12 +22,8 @@ Every method's values per scale, with their sources, are in `config/README.md`.
 
 
 def _default(field: dataclasses.Field) -> str:
-    if field.default is not dataclasses.MISSING:
-        value = field.default
-    elif field.default_factory is not dataclasses.MISSING:
-        value = field.default_factory()
-    else:
-        return "required"
+    """The field's default as the reference prints it (YAML's spelling where it differs)."""
+    value = field_default(field)
     if dataclasses.is_dataclass(value):
         return f"`{type(value).__name__}()`"
     if isinstance(value, bool):
