@@ -234,13 +234,12 @@ class DBGFlowNet(Method):
         ptype = self.backend.prediction_type
         a_t, a_prev, std = self.transition_coefficients(tr)
         cond, uncond = self.conditions(tr.prompts)
-        out = self.guided(tr.x_t, tr.t, cond, uncond)
+        # the look-ahead's conditional prediction is the conditional half of the guided forward
+        out, conditional = self.backend.guided_and_conditional(tr.x_t, tr.t, cond, uncond, self.sampler.guidance_scale)
         mean = diffusion.ddim_mean(out, tr.x_t, a_t, a_prev, self.sampler.eta, ptype)
         log_pf = diffusion.gaussian_log_prob(tr.x_prev, mean, std, reduction="mean")
         log_pb = diffusion.backward_log_prob(tr.x_t, tr.x_prev, a_t, a_prev, reduction="mean")
-        with torch.no_grad():  # the conditional prediction: the guided one where there is no guidance
-            conditional = out if self.sampler.guidance_scale == 1.0 else self.backend.model_output(tr.x_t, tr.t, cond)
-            x0_hat = diffusion.predict_x0(conditional, tr.x_t, a_t, ptype)
+        x0_hat = diffusion.predict_x0(conditional.detach(), tr.x_t, a_t, ptype)
         log_flow_t = self._flow(tr.x_t, tr.t, cond) + beta * self._lookahead_reward(x0_hat, tr.prompts)
         log_flow_prev = self._log_flow_prev(tr, a_prev, cond, uncond, beta)
         residual = db_residual(log_flow_t, log_pf, log_flow_prev, log_pb)

@@ -20,6 +20,26 @@ def _set_threads(threads: int | None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(n))
 
 
+def _keep_freed_memory() -> None:
+    """Let glibc reuse freed memory instead of returning it to the kernel.
+
+    By default glibc serves blocks above its mmap threshold (128 KiB, rising with use) with fresh
+    pages and hands freed memory at the heap's top back to the OS, so an activation of a few MiB
+    costs page faults each time it is allocated again: at the tiny UNet's sizes about a tenth of a
+    rollout here (README, "Speed"). Keeping blocks up to 32 MiB in the heap and up to 1 GiB of
+    freed memory for reuse removes that; the numbers computed are the same. No effect elsewhere.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    libc.mallopt(m_mmap_threshold, 32 << 20)
+    libc.mallopt(m_trim_threshold, 1 << 30)
+
+
 def _load_overrides(path: str | None) -> dict:
     if not path:
         return {}
@@ -567,6 +587,7 @@ def main(argv: list[str] | None = None) -> None:
     from nabla.hub import MissingModelsError
 
     args = build_parser().parse_args(argv)
+    _keep_freed_memory()
     if not sys.stderr.isatty():
         # a job log, not a terminal: no carriage-return frames of the libraries' loading bars
         _quiet_library_bars()

@@ -59,6 +59,17 @@ def test_guided_output_is_one_batched_call_equal_to_u_plus_w_c_minus_u(backend):
     torch.testing.assert_close(guided, u + 5.0 * (c - u), rtol=1e-4, atol=1e-5)
 
 
+def test_the_guided_call_also_gives_the_conditional_output(backend):
+    x, t, cond = _inputs(backend)
+    uncond = backend.null_condition(len(x))
+    with torch.no_grad():
+        guided, conditional = backend.guided_and_conditional(x, t, cond, uncond, 5.0)
+        torch.testing.assert_close(conditional, backend.model_output(x, t, cond), rtol=1e-5, atol=1e-5)
+        assert torch.equal(guided, backend.guided_output(x, t, cond, uncond, 5.0))
+        alone, same = backend.guided_and_conditional(x, t, cond, None, 5.0)  # no guidance: one output
+        assert same is alone
+
+
 def test_lora_starts_at_the_prior_and_toggles(backend):
     x, t, cond = _inputs(backend)
     with torch.no_grad():

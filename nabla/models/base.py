@@ -58,23 +58,21 @@ class DiffusionBackend(abc.ABC):
         finally:
             self.set_adapter_enabled(previous)
 
-    def guided_output(
-        self,
-        x_t: torch.Tensor,
-        t: torch.Tensor,
-        cond: torch.Tensor | None,
-        uncond: torch.Tensor | None,
-        guidance_scale: float,
-    ) -> torch.Tensor:
+    def guided_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None,
+                      uncond: torch.Tensor | None, guidance_scale: float) -> torch.Tensor:
         """Classifier-free guidance u + w (c − u), both branches in one batched call."""
+        return self.guided_and_conditional(x_t, t, cond, uncond, guidance_scale)[0]
+
+    def guided_and_conditional(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None,
+                               uncond: torch.Tensor | None, guidance_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(guided output, conditional output c) of one batched call: a loss that needs the
+        conditional prediction beside the guided one reads it here instead of a second forward."""
         if uncond is None or guidance_scale == 1.0:
-            return self.model_output(x_t, t, cond)
+            out = self.model_output(x_t, t, cond)
+            return out, out
         t = t.expand(x_t.shape[0]) if t.ndim == 0 else t
-        out = self.model_output(
-            torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, cond])
-        )
-        out_uncond, out_cond = out.chunk(2)
-        return out_uncond + guidance_scale * (out_cond - out_uncond)
+        out_uncond, out_cond = self.model_output(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, cond])).chunk(2)
+        return out_uncond + guidance_scale * (out_cond - out_uncond), out_cond
 
     # -- images -------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -4,22 +4,26 @@ Models load only from a local folder or the local Hugging Face cache (`local_fil
 nothing here downloads. The LoRA adapter sits on the UNet's attention projections
 (to_q, to_k, to_v, to_out.0) through peft, and is saved in diffusers' LoRA format
 (`pytorch_lora_weights.safetensors`), so `StableDiffusionPipeline.load_lora_weights(dir)` reads it.
+Its layers run folded (``FoldedLoraLinear``, :mod:`nabla.models.lora`): one matmul each.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers, convert_unet_state_dict_to_peft
 from peft import LoraConfig
+from peft.tuners.lora import Linear as PeftLoraLinear
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from nabla.hub import HubModel
 from nabla.models.base import DiffusionBackend
+from nabla.models.lora import FoldCache
 
 #: the files of a diffusers SD folder that the backend loads (not the single-file checkpoints)
 PIPELINE_FILES = (
@@ -71,6 +75,41 @@ def load_pipeline(model: str | Path, dtype: torch.dtype = torch.float32) -> Stab
         return StableDiffusionPipeline.from_pretrained(str(model), **kwargs)
     except (OSError, ValueError) as error:  # hub cache miss surfaces as OSError/EnvironmentError
         raise ModelNotFoundError(fetch_hint(str(model))) from error
+
+
+class FoldedLoraLinear(PeftLoraLinear):
+    """peft's LoRA Linear, run folded when it is the plain case: one active adapter, no dropout,
+    variant or LoRA bias, and frozen and adapter weights in the input's dtype. Anything else
+    (a half-precision frozen UNet with float32 LoRA, mixed-adapter batches, a merged adapter)
+    goes through peft's own forward. Registered with ``LoraConfig._register_custom_module``,
+    so peft's state dicts, saving and loading are unchanged."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fold_cache = FoldCache()
+
+    def _foldable(self, x: torch.Tensor, kwargs: dict) -> str | None:
+        """The adapter to fold, or None where peft's path must run."""
+        if self.disable_adapters or self.merged or kwargs or self.fan_in_fan_out:
+            return None
+        active = [a for a in self.active_adapters if a in self.lora_A]
+        if len(active) != 1:
+            return None
+        (name,) = active
+        base = self.get_base_layer()
+        plain = (name not in self.lora_variant and isinstance(self.lora_dropout[name], torch.nn.Identity)
+                 and not self.lora_bias[name])
+        same_dtype = base.weight.dtype == self.lora_A[name].weight.dtype == self.lora_B[name].weight.dtype == x.dtype
+        return name if plain and same_dtype else None
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        name = None if args else self._foldable(x, kwargs)
+        if name is None:
+            return super().forward(x, *args, **kwargs)
+        base = self.get_base_layer()
+        weight = self._fold_cache.weight(base.weight, self.lora_A[name].weight, self.lora_B[name].weight,
+                                         self.scaling[name])
+        return F.linear(x, weight, base.bias)
 
 
 class SDBackend(DiffusionBackend):
@@ -168,6 +207,7 @@ class SDBackend(DiffusionBackend):
             init_lora_weights="gaussian",
             target_modules=LORA_TARGETS,
         )
+        config._register_custom_module({torch.nn.Linear: FoldedLoraLinear})
         # The A matrices are random: seed them so a run's initial adapter is reproducible.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nabla.data.toy2d import GaussianMixture, circle_mixture
+from nabla.models.lora import FoldCache
 from nabla.models.base import DiffusionBackend
 
 WEIGHTS_NAME = "model.safetensors"
@@ -79,10 +80,9 @@ class LoRALinear(nn.Module):
     """A frozen linear layer plus a low-rank update: y = x (W + (α/r) B A)ᵀ + b.
 
     A is Kaiming-uniform (as peft's default LoRA init), B = 0, so the layer starts equal to the
-    frozen one. The update is added to the weight before one matmul: for the toy's narrow layers
-    that is cheaper than peft's separate pass through A and B, and off (``enabled``) it is exactly
-    the frozen layer. Without autograd (sampling) the merged weight is kept until A or B changes
-    (their version counters), so a rollout merges once, not at each of its steps.
+    frozen one. The update is folded into the weight before one matmul (:mod:`nabla.models.lora`:
+    for the toy's narrow layers cheaper than two thin passes through A and B; without autograd
+    folded once per change of A or B); off (``enabled``) it is exactly the frozen layer.
     """
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float, generator: torch.Generator):
@@ -95,22 +95,12 @@ class LoRALinear(nn.Module):
             self.lora_A.uniform_(-bound, bound, generator=generator)
         self.scaling = alpha / rank
         self.enabled = True
-        self._merged: tuple[tuple[int, int], torch.Tensor] | None = None
-
-    def merged_weight(self) -> torch.Tensor:
-        return self.base.weight + self.scaling * (self.lora_B @ self.lora_A)
+        self._fold = FoldCache()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
-            weight = self.base.weight
-        elif torch.is_grad_enabled():
-            weight = self.merged_weight()
-        else:
-            version = (self.lora_A._version, self.lora_B._version)
-            if self._merged is None or self._merged[0] != version:
-                self._merged = (version, self.merged_weight())
-            weight = self._merged[1]
-        return F.linear(x, weight, self.base.bias)
+            return F.linear(x, self.base.weight, self.base.bias)
+        return F.linear(x, self._fold.weight(self.base.weight, self.lora_A, self.lora_B, self.scaling), self.base.bias)
 
 
 # -- scheduler --------------------------------------------------------------------------------
