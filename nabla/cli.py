@@ -25,9 +25,9 @@ def _keep_freed_memory() -> None:
 
     By default glibc serves blocks above its mmap threshold (128 KiB, rising with use) with fresh
     pages and hands freed memory at the heap's top back to the OS, so an activation of a few MiB
-    costs page faults each time it is allocated again: at the tiny UNet's sizes about a tenth of a
-    rollout here (README, "Speed"). Keeping blocks up to 32 MiB in the heap and up to 1 GiB of
-    freed memory for reuse removes that; the numbers computed are the same. No effect elsewhere.
+    costs page faults each time it is allocated again: at the tiny UNet's sizes 9–15% of a rollout
+    here (README, "Committed results", the bench). Keeping blocks up to 32 MiB in the heap and up to
+    1 GiB of freed memory for reuse removes that; the numbers computed are the same. Not glibc: no-op.
     """
     import ctypes
 
