@@ -23,7 +23,8 @@ def fold(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, scali
 
 
 class FoldCache:
-    """The folded weight of one layer; kept between calls without autograd until a tensor changes."""
+    """The folded weight of one layer; kept between calls without autograd until a tensor changes
+    (one extra copy of each adapted weight: small next to activations at every scale here)."""
 
     def __init__(self) -> None:
         self._key: tuple | None = None

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nabla.data.toy2d import GaussianMixture, circle_mixture
-from nabla.models.lora import FoldCache
 from nabla.models.base import DiffusionBackend
+from nabla.models.lora import FoldCache
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
