@@ -3,6 +3,7 @@ the main-job command, and the workflow end to end at the image scales with stand
 
 import copy
 import json
+import math
 import os
 import signal
 import subprocess
@@ -181,6 +182,25 @@ def test_full_config_plans_every_method_on_two_rewards_at_tiny():
     tiny = yaml.safe_load((ROOT / "config" / "train" / "tiny.yaml").read_text())
     flags = f"--rounds {tiny['rounds']} --trajectories {tiny['trajectories_per_round']}"
     assert all(flags in line for line in out.splitlines() if "nabla runs --scale tiny" in line)
+
+
+@pytest.mark.slow
+def test_tiny_tuned_config_tunes_every_method_alike_at_the_default_budget():
+    tuned = yaml.safe_load((ROOT / "config" / "tiny-tuned.yaml").read_text())
+    grids = tuned["tiny"]["tune"]["grids"]
+    assert set(grids) == set(default_config()["tiny"]["methods"])
+    assert all(math.prod(len(v) for v in grid.values()) == 4 for grid in grids.values())
+    # the release protocol's GFlowNet β were selected from these same grids
+    beta = yaml.safe_load((ROOT / "config" / "tiny-beta.yaml").read_text())["tiny"]["tune"]["grids"]
+    assert all(grids[m] == beta[m] for m in beta)
+    out = dry_run("--forceall", "--configfile", "config/tiny-tuned.yaml", "--printshellcmds")
+    jobs = job_counts(out)
+    # 7 methods x 2 rewards x 4 grid points, then x 3 seeds at the selected settings; no toy2d
+    assert jobs["tune_runs"] == "56" and jobs["runs"] == "42" and jobs["select_settings"] == "1"
+    budget = default_config()["tiny"]["budget"]
+    flags = f"--rounds {budget['rounds']} --trajectories {budget['trajectories_per_round']}"
+    assert all(flags in line for line in out.splitlines() if "nabla runs --scale tiny" in line)
+    assert "--scale toy2d" not in out
 
 
 # -- running the workflow -------------------------------------------------------------------------
