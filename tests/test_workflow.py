@@ -190,9 +190,11 @@ def test_tiny_tuned_config_tunes_every_method_alike_at_the_default_budget():
     grids = tuned["tiny"]["tune"]["grids"]
     assert set(grids) == set(default_config()["tiny"]["methods"])
     assert all(math.prod(len(v) for v in grid.values()) == 4 for grid in grids.values())
-    # the release protocol's GFlowNet β were selected from these same grids
-    beta = yaml.safe_load((ROOT / "config" / "tiny-beta.yaml").read_text())["tiny"]["tune"]["grids"]
-    assert all(grids[m] == beta[m] for m in beta)
+    # each method's own strength knob: the GFlowNets' β, the others' step (and ReFL's reward weight)
+    knobs = {m: set(grid) for m, grid in grids.items()}
+    assert all(knobs[m] == {"reward_scale"} for m in ("residual_nabla_db", "nabla_db", "db_gflownet"))
+    assert all(knobs[m] == {"lr"} for m in ("ddpo", "draft", "draft_lv"))
+    assert knobs["refl"] == {"lr", "reward_loss_weight"}
     out = dry_run("--forceall", "--configfile", "config/tiny-tuned.yaml", "--printshellcmds")
     jobs = job_counts(out)
     # 7 methods x 2 rewards x 4 grid points, then x 3 seeds at the selected settings; no toy2d
