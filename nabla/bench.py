@@ -47,7 +47,7 @@ from nabla.trainer import Trainer, round_generator
 
 #: per scale: training config, reward, rounds per method, evaluation interval and samples per prompt
 BENCH_SCALES = {
-    "toy2d": {"config": "config/train/toy2d.yaml", "reward": "linear", "rounds": 40, "eval_every": 5, "eval_samples": 256},
+    "toy2d": {"config": "config/train/toy2d.yaml", "reward": "quadratic", "rounds": 40, "eval_every": 5, "eval_samples": 256},
     "tiny": {"config": "config/train/tiny.yaml", "reward": "colorfulness", "rounds": 6, "eval_every": 2, "eval_samples": 2},
 }
 
