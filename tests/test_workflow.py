@@ -3,7 +3,6 @@ the main-job command, and the workflow end to end at the image scales with stand
 
 import copy
 import json
-import math
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import yaml
 from safetensors.torch import load_file
 
 from nabla.methods import available_methods
+from nabla.protocol import grid_size
 from nabla.rewards import REWARDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +75,13 @@ def job_counts(out: str) -> dict[str, str]:
     return dict(line.split() for line in out.split("Job stats:")[1].split("total")[0].splitlines()[3:] if line.strip())
 
 
+def tiny_runs_at(out: str, rounds: int, trajectories: int) -> bool:
+    """Whether a dry run's output has tiny training commands, and every one trains this budget."""
+    flags = f"--rounds {rounds} --trajectories {trajectories}"
+    tiny = [line for line in out.splitlines() if "nabla runs --scale tiny" in line]
+    return bool(tiny) and all(flags in line for line in tiny)
+
+
 def test_every_schema_violation_is_named_at_once(tmp_path):
     config = default_config()
     config["toy2d"].update(methods=["residual_nabla_db", "dpo"], seeds=[])
@@ -112,10 +119,9 @@ def test_the_default_plan_runs_both_protocols_at_toy2d_and_the_release_one_at_ti
     assert jobs["select_settings"] == "1" and jobs["aggregate"] == "4" and jobs["publish"] == "2"
     assert jobs["toy2d_exactness"] == "1"
     budget = default_config()["tiny"]["budget"]
-    flags = f"--rounds {budget['rounds']} --trajectories {budget['trajectories_per_round']}"
-    tiny = [line for line in out.splitlines() if "nabla runs --scale tiny" in line]
+    assert tiny_runs_at(out, budget["rounds"], budget["trajectories_per_round"])
     toy = [line for line in out.splitlines() if "nabla runs --scale toy2d" in line]
-    assert tiny and all(flags in line for line in tiny) and toy and not any("--rounds" in line for line in toy)
+    assert toy and not any("--rounds" in line for line in toy)
     assert all("--seeds 0 1 2" in line for line in toy if "--protocol release" in line)
 
 
@@ -180,8 +186,7 @@ def test_full_config_plans_every_method_on_two_rewards_at_tiny():
     # tiny: 7 methods x 2 rewards x 3 seeds, one job a run; toy2d as the default
     assert jobs["runs"] == str(42 + 44) and jobs["evaluate_prior"] == "4" and jobs["figures_of_a_reward"] == "6"
     tiny = yaml.safe_load((ROOT / "config" / "train" / "tiny.yaml").read_text())
-    flags = f"--rounds {tiny['rounds']} --trajectories {tiny['trajectories_per_round']}"
-    assert all(flags in line for line in out.splitlines() if "nabla runs --scale tiny" in line)
+    assert tiny_runs_at(out, tiny["rounds"], tiny["trajectories_per_round"])
 
 
 @pytest.mark.slow
@@ -189,7 +194,7 @@ def test_tiny_tuned_config_tunes_every_method_alike_at_the_default_budget():
     tuned = yaml.safe_load((ROOT / "config" / "tiny-tuned.yaml").read_text())
     grids = tuned["tiny"]["tune"]["grids"]
     assert set(grids) == set(default_config()["tiny"]["methods"])
-    assert all(math.prod(len(v) for v in grid.values()) == 4 for grid in grids.values())
+    assert all(grid_size(grid) == 4 for grid in grids.values())
     # each method's own strength knob: the GFlowNets' β, the others' step (and ReFL's reward weight)
     knobs = {m: set(grid) for m, grid in grids.items()}
     assert all(knobs[m] == {"reward_scale"} for m in ("residual_nabla_db", "nabla_db", "db_gflownet"))
@@ -200,8 +205,7 @@ def test_tiny_tuned_config_tunes_every_method_alike_at_the_default_budget():
     # 7 methods x 2 rewards x 4 grid points, then x 3 seeds at the selected settings; no toy2d
     assert jobs["tune_runs"] == "56" and jobs["runs"] == "42" and jobs["select_settings"] == "1"
     budget = default_config()["tiny"]["budget"]
-    flags = f"--rounds {budget['rounds']} --trajectories {budget['trajectories_per_round']}"
-    assert all(flags in line for line in out.splitlines() if "nabla runs --scale tiny" in line)
+    assert tiny_runs_at(out, budget["rounds"], budget["trajectories_per_round"])
     assert "--scale toy2d" not in out
 
 
