@@ -6,7 +6,12 @@
   the validation split only.
 * Matched reward: a level is a fraction f of the way from the prior's mean reward to a reference,
   L(f) = r_prior + f·(r_ref − r_prior); at toy2d r_prior and r_ref = E_{p#·exp(βr)}[r] are exact,
-  at the image scales r_ref is the best validation reward any method of the comparison reaches.
+  at the image scales r_ref is the highest validation reward a strict majority of the methods
+  reach (:func:`majority_reach`). A method's reach is the maximum over rounds of its seed-mean
+  validation curve, taking its best setting where it has several (tuning grids). A majority,
+  not the best method, sets r_ref so that no minority of methods (one that hacks the reward, say)
+  can put every level out of the others' reach; a majority, not every method, so that a method
+  that does not move the reward cannot pin the levels to the prior.
   A run crosses L at the first (linearly interpolated) round where its validation reward reaches
   it; what it is compared on (its divergences) is read at that round from its evaluation split
   (the validation split for tuning runs), interpolated the same way.
@@ -27,7 +32,7 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 import yaml
@@ -48,6 +53,15 @@ def grid_size(grid: dict[str, Sequence[Any]]) -> int:
 
 def level(prior_reward: float, reference_reward: float, fraction: float) -> float:
     return prior_reward + fraction * (reference_reward - prior_reward)
+
+
+def majority_reach(reaches: Mapping[str, float]) -> float:
+    """The highest reward that a strict majority of the methods reach: the (⌊n/2⌋ + 1)-th highest
+    of their reaches (the median for an odd n, the lower middle one for an even n)."""
+    values = sorted((float(v) for v in reaches.values()), reverse=True)
+    if not values or any(math.isnan(v) for v in values):
+        raise ValueError(f"the majority reach needs one reach per method and no NaN, got {dict(reaches)}")
+    return values[len(values) // 2]
 
 
 def reward_fraction(reward: float, prior_reward: float, reference_reward: float) -> float:

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from nabla.data.toy2d import LinearReward, QuadraticReward, circle_mixture, expected_reward, tilt
-from nabla.protocol import at_matched_reward, first_crossing, grid_points, grid_size, level, select, value_at
+from nabla.protocol import (at_matched_reward, first_crossing, grid_points, grid_size, level, majority_reach, select,
+                            value_at)
 
 
 def test_grid_points_are_the_product_in_key_order_with_the_last_fastest():
@@ -47,6 +48,21 @@ def test_metrics_at_matched_reward_are_read_on_the_evaluation_split_at_the_valid
 def test_levels_are_fractions_of_the_way_from_the_prior_to_the_reference():
     assert level(0.33, 2.87, 0.5) == pytest.approx(1.6)
     assert level(-2.0, -1.0, 0.75) == pytest.approx(-1.25)
+
+
+def test_the_reference_is_the_highest_reward_a_strict_majority_of_methods_reach():
+    reaches = {"a": 0.9, "b": 0.2, "c": 0.5, "d": 0.7, "e": 0.3, "f": 0.4, "g": 0.6}
+    assert majority_reach(reaches) == 0.5  # 4 of 7 (a, d, g, c) reach it, a 5th (f) does not
+    assert sum(v >= majority_reach(reaches) for v in reaches.values()) == 4
+    # no minority moves it: the three best may run off to anything
+    assert majority_reach({**reaches, "a": 1e9, "d": math.inf, "g": 0.51}) == 0.5
+    assert majority_reach({"a": 2.0, "b": -1.0}) == -1.0  # of two, both must reach it
+    assert majority_reach({"a": 1.0, "b": 4.0, "c": 3.0, "d": 2.0}) == 2.0  # 3 of 4
+    assert majority_reach({"a": 7.0}) == 7.0
+    with pytest.raises(ValueError, match="no NaN"):
+        majority_reach({"a": 1.0, "b": math.nan})
+    with pytest.raises(ValueError):
+        majority_reach({})
 
 
 def test_expected_rewards_are_exact():

@@ -11,7 +11,8 @@ from nabla.data.toy2d import circle_mixture
 from nabla.report.aggregate import aggregate, select_settings
 from nabla.report.figures import (method_color, curve_figure, figures, frontier_figure, toy2d_samples_figure,
                                   tradeoff_figure)
-from nabla.report.tables import end_of_budget_table, mean_std, mean_vector_table, summary_frame
+from nabla.report.tables import (curves_frame, end_of_budget_table, mean_std, mean_vector_table, reward_levels,
+                                 summary_frame)
 
 LEVELS = {"prior_reward": 0.0, "target_reward": 2.0}
 
@@ -103,6 +104,24 @@ def test_selection_takes_each_methods_lowest_divergence_at_the_level(tmp_path):
     assert "&id" not in (tmp_path / "selected.yaml").read_text()  # no YAML aliases: people read it
 
 
+def test_image_levels_follow_the_majority_of_methods_not_the_one_that_runs_furthest():
+    def image_run(method, name, seed, rewards, settings):
+        rows = [{"round": r, "split": "validation", "reward_mean": v} for r, v in zip((0, 10, 20), rewards)]
+        return {"reward": "colorfulness", "method": method, "run": name, "seed": seed, "settings": settings,
+                "train": {}, "curves": rows}
+
+    runs = [  # seeds average before the maximum; a grid's best setting is the method's reach
+        image_run("draft", "seed0", 0, [0.1, 0.5, 0.3], {}), image_run("draft", "seed1", 1, [0.1, 0.3, 0.5], {}),
+        image_run("ddpo", "p0", 0, [0.1, 0.2, 0.6], {"lr": 1}), image_run("ddpo", "p1", 0, [0.1, 0.3, 0.2], {"lr": 2}),
+        image_run("refl", "seed0", 0, [0.1, 3.0, 9.0], {}),
+    ]
+    levels = reward_levels(curves_frame(runs), {}, [0.5])["colorfulness"]
+    assert levels["method_reaches"] == pytest.approx({"draft": 0.4, "ddpo": 0.6, "refl": 9.0})
+    assert levels["prior_reward"] == pytest.approx(0.1)
+    assert levels["reference_reward"] == pytest.approx(0.6)  # ddpo's: 2 of 3 methods reach it; refl's 9 moves nothing
+    assert levels["levels"][0.5] == pytest.approx(0.35)
+
+
 def test_mean_std_is_the_sample_std_and_marks_single_or_missing_values():
     assert mean_std([1.0, 2.0, 3.0]) == "2.000 ± 1.000" and mean_std([0.5]) == "0.500" and mean_std([]) == "–"
     assert mean_std([float("nan"), 2.0]) == "2.000"
@@ -176,3 +195,7 @@ def test_the_frontier_shows_the_prior_to_reference_range_and_names_a_method_that
     assert labels == ["DDPO", "DRaFT-1 (runs past the range)"]
     # the y range is that of the evaluations inside the x range (the diverged one's last is not)
     assert ax.get_ylim()[1] == pytest.approx(1.0 + 0.05 * (1.0 - 1 / 21))
+    # at the image scales the reference is the majority's reach: the range runs to the furthest method
+    images = frontier_figure(pd.DataFrame(rows), [("energy_distance_target", "ED", False)],
+                             {**levels, "method_reaches": {"ddpo": 2.0, "draft": 4.0}})
+    assert images.axes[0].get_xlim() == pytest.approx((-0.4, 4.4))

@@ -20,8 +20,9 @@ import yaml
 from nabla.evaluation import write_json
 from nabla.protocol import SELECTION_DIVERGENCE, at_matched_reward, reward_fraction, select
 from nabla.report.tables import (
-    FIGURE_ONLY, LEVELS, MATCHED_COLUMNS, TABLE_COLUMNS, curves_frame, end_of_budget_table, kind, matched_frame,
-    matched_table, mean_vector_table, order_key, reward_levels, run_plateaus, summary_frame, tuning_table, write_tables,
+    FIGURE_ONLY, LEVELS, MATCHED_COLUMNS, REFERENCE, TABLE_COLUMNS, curves_frame, end_of_budget_table, kind,
+    matched_frame, matched_table, mean_vector_table, order_key, reward_levels, run_plateaus, summary_frame,
+    tuning_table, write_tables,
 )
 from nabla.runs import read_groups
 
@@ -79,7 +80,7 @@ def aggregate(scale: str, protocol: str, groups: Sequence[str | Path], priors: S
     matched.to_csv(out / "matched.csv", index=False)
     split = "validation" if protocol == "tune" else "evaluation"
     caption = (f"{what}, at matched reward: the level is a fraction of the way from the prior's mean reward to "
-               f"{'the exact target' if scale == 'toy2d' else 'the best validation reward any method reaches'}; "
+               f"{REFERENCE[kind(scale)]}; "
                f"the crossing is located on the validation split, the metrics read on the {split} split there; "
                "mean ± sample std over the seeds that reached it")
     written += [out / "matched.csv", *write_tables([(matched_table(matched, MATCHED_COLUMNS[kind(scale)]), caption)],
@@ -96,7 +97,8 @@ def select_settings(scale: str, groups: Sequence[str | Path], out: str | Path, f
     divergence = SELECTION_DIVERGENCE[scale]
     selected: dict = {"rule": f"per reward and method, the grid point with the lowest {divergence} (validation) "
                               f"where the validation reward first reaches {fraction:.0%} of the way from the prior's "
-                              "mean reward to the reference; if no point reaches it, the one that got closest",
+                              f"mean reward to {REFERENCE[kind(scale)]}; if no point reaches it, the one that got "
+                              "closest",
                       "level": fraction, "rewards": {}}
     for (reward, method), group in curves.groupby(["reward", "method"], sort=False):
         target, info = levels[reward]["levels"][fraction], levels[reward]
@@ -109,7 +111,8 @@ def select_settings(scale: str, groups: Sequence[str | Path], out: str | Path, f
                            "fraction": reward_fraction(at["max_reward"], info["prior_reward"], info["reference_reward"])})
         chosen = select(points, divergence)
         entry = selected["rewards"].setdefault(reward, {"levels": {
-            "prior_reward": info["prior_reward"], "reference_reward": info["reference_reward"], "level_reward": target},
+            "prior_reward": info["prior_reward"], "reference_reward": info["reference_reward"], "level_reward": target,
+            **({"method_reaches": info["method_reaches"]} if "method_reaches" in info else {})},
             "methods": {}})
         entry["methods"][method] = {
             "settings": chosen["settings"], "point": chosen["point"], "why": chosen["rule"], "edges": chosen["edges"],

@@ -226,8 +226,9 @@ def frontier_figure(curves: pd.DataFrame, panels, levels: dict | None = None, ti
     """The trade-off along training: mean reward (x) against each divergence (y), one line per
     method through its seed-mean evaluations (a marker at the end), the matched-reward levels as
     vertical lines. Where the levels give the prior's and the reference's reward, the axes show
-    that range (with a tenth of it either side), the one matched reward is read in: a method that
-    runs past it (a diverging one) is cut at the edge and says so in the legend."""
+    that range (with a tenth of it either side; at the image scales up to the furthest method's
+    reach, :func:`_reward_window`): a method that runs past it (a diverging one) is cut at the
+    edge and says so in the legend."""
     panels = [p for p in panels if p[0] in curves and curves[p[0]].notna().any()]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
     window = _reward_window(levels)
@@ -269,9 +270,12 @@ def frontier_figure(curves: pd.DataFrame, panels, levels: dict | None = None, ti
 
 
 def _reward_window(levels: dict | None) -> tuple[float, float] | None:
-    """The prior's to the reference's mean reward, a tenth of that span either side (None where
-    the levels do not give both)."""
+    """The prior's mean reward to the highest of the reference's and every method's reach (image
+    scales, where the reference is the majority's reach and rewards are bounded), a tenth of that
+    span either side (None where the levels do not give both ends)."""
     low, high = (levels or {}).get("prior_reward"), (levels or {}).get("reference_reward")
+    if high is not None and (levels or {}).get("method_reaches"):
+        high = max(high, *levels["method_reaches"].values())
     if low is None or high is None or not np.isfinite([low, high]).all() or high <= low:
         return None
     pad = 0.1 * (high - low)

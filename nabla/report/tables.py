@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from nabla.protocol import at_matched_reward, level, plateaued
+from nabla.protocol import at_matched_reward, level, majority_reach, plateaued
 
 PRIOR_ROW = "pretrained"  # the reference row of every table and figure, before the methods
 
@@ -44,6 +44,9 @@ MATCHED_COLUMNS = {
     "images": ("diversity", "fid_to_prior"),
 }
 LEVELS = (0.5, 0.75)
+#: what the matched-reward levels are fractions of the way to, per kind of scale (nabla.protocol)
+REFERENCE = {"toy2d": "the exact target's mean reward",
+             "images": "the highest validation reward a strict majority of the methods reach"}
 #: run-record entries that only the sample figures read
 FIGURE_ONLY = ("samples", "target", "sample_strip", "sample_strip_prompts")
 
@@ -98,10 +101,11 @@ def run_plateaus(curves: pd.DataFrame) -> dict[str, bool | None]:
 def curves_frame(runs: Iterable[dict]) -> pd.DataFrame:
     """The dense evaluations of every run: one row per (run, evaluation, split)."""
     frames = [pd.DataFrame(run["curves"]).assign(reward=run["reward"], method=run["method"], run=run["run"],
-                                                 seed=run["seed"], diverged=run["train"].get("diverged_at") is not None)
+                                                 seed=run["seed"], settings=json.dumps(run["settings"], sort_keys=True),
+                                                 diverged=run["train"].get("diverged_at") is not None)
               for run in runs]
     frame = pd.concat(frames, ignore_index=True)
-    text = ("reward", "method", "run", "split")
+    text = ("reward", "method", "run", "settings", "split")
     for column in frame:  # a metric no run has (null in every record) is NaN, not None
         if column not in text:
             frame[column] = pd.to_numeric(frame[column])
@@ -152,23 +156,33 @@ def end_of_budget_table(summary: pd.DataFrame, columns: Sequence[str]) -> pd.Dat
     return pd.DataFrame(rows)
 
 
+def method_reaches(validation: pd.DataFrame) -> dict[str, float]:
+    """Per method: the highest reward its seed-mean validation curve reaches, at its best setting
+    (a tuning grid's runs are one seed at several settings, a comparison's several seeds at one)."""
+    curve = validation.groupby(["method", "settings", "round"])["reward_mean"].mean()
+    return {method: float(reach) for method, reach in curve.groupby(level="method").max().items()}
+
+
 def reward_levels(curves: pd.DataFrame, levels_by_run: dict, fractions: Sequence[float]) -> dict[str, dict]:
     """Per reward: the prior's and the reference reward, and each fraction's level.
 
     Where the runs carry exact levels (toy2d) those are used; else the prior's reward is the
-    validation reward at round 0 (every run starts as the prior) and the reference the best
-    validation reward any method's seed-mean curve reaches.
+    validation reward at round 0 (every run starts as the prior) and the reference the highest
+    validation reward a majority of the methods reach (:func:`nabla.protocol.majority_reach`),
+    recorded with every method's reach.
     """
     out = {}
     for reward, group in curves[curves["split"] == "validation"].groupby("reward"):
         exact = levels_by_run.get(reward) or {}
+        entry = {}
         if exact:
             prior, reference = exact["prior_reward"], exact["target_reward"]
         else:
             prior = float(group.loc[group["round"] == 0, "reward_mean"].iloc[0])
-            reference = float(group.groupby(["method", "round"])["reward_mean"].mean().max())
+            entry["method_reaches"] = method_reaches(group)
+            reference = majority_reach(entry["method_reaches"])
         out[reward] = {"prior_reward": prior, "reference_reward": reference,
-                       "levels": {f: level(prior, reference, f) for f in fractions}}
+                       "levels": {f: level(prior, reference, f) for f in fractions}, **entry}
     return out
 
 
