@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from nabla.data.toy2d import LinearReward, QuadraticReward, circle_mixture, expected_reward, tilt
-from nabla.protocol import (at_matched_reward, first_crossing, grid_points, grid_size, level, majority_reach, select,
-                            value_at)
+from nabla.protocol import (at_matched_reward, divergence_bound_at_level, first_crossing, grid_points, grid_size, level,
+                            majority_reach, select, value_at)
 
 
 def test_grid_points_are_the_product_in_key_order_with_the_last_fastest():
@@ -45,6 +45,43 @@ def test_metrics_at_matched_reward_are_read_on_the_evaluation_split_at_the_valid
     assert at_matched_reward(worse, 0.25, [])["max_reward"] == -0.5
 
 
+def test_the_selection_reads_the_larger_divergence_of_the_two_evaluations_around_the_crossing():
+    def run(rewards, values, column="fid_to_prior"):
+        return pd.DataFrame({"round": [0, 5, 10, 15], "split": "validation", "reward_mean": rewards, column: values})
+
+    # a run that jumps far past the level 0.2 in its first 5 rounds (ReFL's λ = 100 at tiny): its
+    # crossing interpolates to round 0.5 and FID 10, but the only evaluation past the prior showed 100
+    jump = run([0.1, 1.1, 1.2, 1.3], [0.0, 100.0, 110.0, 120.0])
+    assert at_matched_reward(jump, 0.2, ["fid_to_prior"])["fid_to_prior"] == pytest.approx(10.0)
+    assert divergence_bound_at_level(jump, 0.2, "fid_to_prior") == 100.0
+    # a run that climbs to it between rounds 5 (0.15) and 10 (0.25): the larger of 8 and 20
+    climb = run([0.1, 0.15, 0.25, 0.3], [0.0, 8.0, 20.0, 30.0])
+    assert divergence_bound_at_level(climb, 0.2, "fid_to_prior") == 20.0
+    # a crossing on an evaluation, or at the prior, is read there alone
+    assert divergence_bound_at_level(climb, 0.25, "fid_to_prior") == 20.0
+    assert divergence_bound_at_level(climb, 0.1, "fid_to_prior") == 0.0
+    assert math.isnan(divergence_bound_at_level(climb, 0.31, "fid_to_prior"))
+    # a divergence that falls as the reward rises (the distance to the target at toy2d): the one before
+    towards = run([0.1, 0.15, 0.25, 0.3], [2.0, 1.5, 0.5, 0.4], "energy_distance_target")
+    assert divergence_bound_at_level(towards, 0.2, "energy_distance_target") == 1.5
+    # a diverged evaluation ends the curve, as it ends the crossing
+    assert math.isnan(divergence_bound_at_level(run([0.1, math.nan, 0.3, 0.3], [0.0] * 4), 0.2, "fid_to_prior"))
+    # only the validation split counts
+    mixed = pd.concat([climb, climb.assign(split="evaluation", reward_mean=[0.1, 0.5, 0.5, 0.5])])
+    assert divergence_bound_at_level(mixed, 0.2, "fid_to_prior") == 20.0
+    # and so the climb, not the jump, is selected
+    def point(name, curve):
+        return {"point": name, "settings": {"lr": int(name[1])}, "reached": True, "fraction": 1.0,
+                "fid_to_prior": divergence_bound_at_level(curve, 0.2, "fid_to_prior"),
+                "interpolated": at_matched_reward(curve, 0.2, ["fid_to_prior"])["fid_to_prior"]}
+
+    assert select([point("p0", climb), point("p1", jump)], "fid_to_prior")["point"] == "p0"
+    # equal bounds (both pass 0.2 before their first evaluation): the interpolation decides
+    steep = run([0.1, 0.4, 0.5, 0.6], [0.0, 100.0, 110.0, 120.0])  # at round 5/3, FID 100/3
+    assert select([point("p0", steep), point("p1", jump)], "fid_to_prior")["point"] == "p1"
+    assert select([point("p0", jump), point("p1", steep)], "fid_to_prior")["point"] == "p0"
+
+
 def test_levels_are_fractions_of_the_way_from_the_prior_to_the_reference():
     assert level(0.33, 2.87, 0.5) == pytest.approx(1.6)
     assert level(-2.0, -1.0, 0.75) == pytest.approx(-1.25)
@@ -77,7 +114,8 @@ def test_expected_rewards_are_exact():
 
 def points(values, reached=(True, True, True, True), fractions=(0.6, 0.7, 0.8, 0.9)):
     grid = grid_points({"lr": [1, 2], "output_reg": [0, 10]})
-    return [{"point": f"p{k}", "settings": s, "reached": r, "energy_distance_target": v, "fraction": f}
+    return [{"point": f"p{k}", "settings": s, "reached": r, "energy_distance_target": v, "interpolated": v,
+             "fraction": f}
             for k, (s, v, r, f) in enumerate(zip(grid, values, reached, fractions))]
 
 
@@ -94,7 +132,7 @@ def test_without_a_point_at_the_level_the_rule_takes_the_one_closest_to_it():
 
 
 def test_edges_tell_interior_optima_from_those_at_the_grid_edge():
-    grid = [{"point": f"p{k}", "settings": {"lr": lr}, "reached": True, "d": d, "fraction": 1.0}
+    grid = [{"point": f"p{k}", "settings": {"lr": lr}, "reached": True, "d": d, "interpolated": d, "fraction": 1.0}
             for k, (lr, d) in enumerate(zip([1, 2, 4, 8], [0.4, 0.1, 0.2, 0.3]))]
     assert select(grid, "d")["edges"] == {"lr": "interior"}
     grid[0]["d"] = 0.0

@@ -18,7 +18,8 @@ from typing import Sequence
 import yaml
 
 from nabla.evaluation import write_json
-from nabla.protocol import SELECTION_DIVERGENCE, at_matched_reward, reward_fraction, select
+from nabla.protocol import (SELECTION_DIVERGENCE, at_matched_reward, divergence_bound_at_level, reward_fraction,
+                            select)
 from nabla.report.tables import (
     FIGURE_ONLY, LEVELS, MATCHED_COLUMNS, REFERENCE, TABLE_COLUMNS, curves_frame, end_of_budget_table, kind,
     matched_frame, matched_table, mean_vector_table, order_key, reward_levels, run_plateaus, summary_frame,
@@ -97,8 +98,9 @@ def select_settings(scale: str, groups: Sequence[str | Path], out: str | Path, f
     divergence = SELECTION_DIVERGENCE[scale]
     selected: dict = {"rule": f"per reward and method, the grid point with the lowest {divergence} (validation) "
                               f"where the validation reward first reaches {fraction:.0%} of the way from the prior's "
-                              f"mean reward to {REFERENCE[kind(scale)]}; if no point reaches it, the one that got "
-                              "closest",
+                              f"mean reward to {REFERENCE[kind(scale)]}, the larger of its values at the two "
+                              "evaluations around that crossing (ties: the lower one interpolated to the crossing); "
+                              "if no point reaches it, the one that got closest",
                       "level": fraction, "rewards": {}}
     for (reward, method), group in curves.groupby(["reward", "method"], sort=False):
         target, info = levels[reward]["levels"][fraction], levels[reward]
@@ -107,7 +109,8 @@ def select_settings(scale: str, groups: Sequence[str | Path], out: str | Path, f
             run_curves = group[group["run"] == run["run"]]
             at = at_matched_reward(run_curves, target, [divergence])
             points.append({"point": run["run"], "settings": run["settings"], "reached": at["reached"],
-                           divergence: at.get(divergence, math.nan),
+                           divergence: divergence_bound_at_level(run_curves, target, divergence),
+                           "interpolated": at.get(divergence, math.nan),
                            "fraction": reward_fraction(at["max_reward"], info["prior_reward"], info["reference_reward"])})
         chosen = select(points, divergence)
         entry = selected["rewards"].setdefault(reward, {"levels": {
@@ -116,7 +119,8 @@ def select_settings(scale: str, groups: Sequence[str | Path], out: str | Path, f
             "methods": {}})
         entry["methods"][method] = {
             "settings": chosen["settings"], "point": chosen["point"], "why": chosen["rule"], "edges": chosen["edges"],
-            "validation": [{**p, divergence: None if not math.isfinite(p[divergence]) else round(p[divergence], 5),
+            "validation": [{**p, **{key: None if not math.isfinite(p[key]) else round(p[key], 5)
+                                    for key in (divergence, "interpolated")},
                             "fraction": round(p["fraction"], 4)} for p in points],
         }
     Path(out).parent.mkdir(parents=True, exist_ok=True)
