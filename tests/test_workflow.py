@@ -4,6 +4,7 @@ the main-job command, and the workflow end to end at the image scales with stand
 import copy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -249,15 +250,15 @@ def test_the_dot_test_config_runs_the_whole_workflow_in_its_own_folder(tmp_path)
     assert (tmp_path / "runs/toy2d/prior/config.json").exists()  # everything under its own folder
 
 
-def toy_workflow(folder: Path, rounds: int, checkpoint_every: int) -> None:
-    """One toy2d run (residual ∇-DB, linear, seed 0): a workflow a crash test can kill in seconds."""
+def toy_workflow(folder: Path, rounds: int, checkpoint_every: int, methods=("residual_nabla_db",)) -> None:
+    """One toy2d run a method (residual ∇-DB; linear, seed 0): a workflow a crash test can kill in seconds."""
     copy_workflow(folder)
     train = yaml.safe_load((ROOT / "config/train/toy2d.yaml").read_text())
     train.update(rounds=rounds, checkpoint_every=checkpoint_every, eval_every=10, eval_samples_per_prompt=64,
                  trajectories_per_round=64)
     (folder / "config/train/toy2d.yaml").write_text(yaml.safe_dump(train))
     config = default_config()
-    config["toy2d"].update(methods=["residual_nabla_db"], rewards=["linear"], seeds=[0], protocols=["release"],
+    config["toy2d"].update(methods=list(methods), rewards=["linear"], seeds=[0], protocols=["release"],
                            prior={"seed": 0, "steps": 200}, evaluation={"samples": 500})
     config["scales"] = ["toy2d"]
     (folder / "config/config.yaml").write_text(yaml.safe_dump(config))
@@ -318,6 +319,41 @@ def test_a_crash_then_the_main_job_command_again_finishes_the_run_as_if_uninterr
     assert len(published) == 2  # the prior's row and the run's: what the DAG computed, not the stale file
     # and the command once more has nothing to do
     assert "Nothing to be done" in snakemake(crashed, "-n").stdout
+
+
+def planned_jobs(folder: Path) -> list[tuple[str, str]]:
+    """A dry run's jobs as (rule, method wildcard or "")."""
+    jobs = []
+    for line in snakemake(folder, "-n").stdout.splitlines():
+        if rule := re.match(r"(?:local)?rule (\w+):$", line):
+            jobs.append((rule[1], ""))
+        elif line.strip().startswith("wildcards:") and (method := re.search(r"method=(\w+)", line)):
+            jobs[-1] = (jobs[-1][0], method[1])
+    return sorted(jobs)
+
+
+@pytest.mark.slow
+def test_an_edit_to_the_training_config_reruns_exactly_the_jobs_whose_settings_it_changes(tmp_path):
+    toy_workflow(tmp_path, rounds=4, checkpoint_every=2, methods=("residual_nabla_db", "ddpo"))
+    assert (done := snakemake(tmp_path)).returncode == 0, (done.stdout + done.stderr)[-4000:]
+    path = tmp_path / "config/train/toy2d.yaml"
+    train = yaml.safe_load(path.read_text())
+
+    path.write_text(path.read_text() + "# a comment changes no setting\n")
+    assert "Nothing to be done" in snakemake(tmp_path, "-n").stdout
+    # another reward's settings, and a method this workflow does not run
+    path.write_text(yaml.safe_dump({**train, "rewards": {**train["rewards"], "quadratic": {"center": [1.0, 1.0]}},
+                                    "methods": {**train["methods"], "rtb": {"reward_scale": 9.0}}}))
+    assert "Nothing to be done" in snakemake(tmp_path, "-n").stdout
+    # one method's setting: its runs, and what aggregates them
+    path.write_text(yaml.safe_dump({**train, "methods": {**train["methods"], "ddpo": {"lr": 1.0e-3}}}))
+    jobs = planned_jobs(tmp_path)
+    assert ("runs", "ddpo") in jobs and ("runs", "residual_nabla_db") not in jobs, jobs
+    assert not any(rule in ("evaluate_prior", "toy2d_exactness", "pretrain_toy2d_prior") for rule, _ in jobs), jobs
+    # a shared setting: every run, and the prior's evaluation
+    path.write_text(yaml.safe_dump({**train, "eval_every": 2}))
+    jobs = planned_jobs(tmp_path)
+    assert {("runs", "ddpo"), ("runs", "residual_nabla_db"), ("evaluate_prior", "")} <= set(jobs), jobs
 
 
 @pytest.mark.slow

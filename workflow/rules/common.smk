@@ -123,6 +123,39 @@ def run_models(wildcards):
     )
 
 
+# -- what a job reads of its training config ------------------------------------------------------
+def train_config_input(scale):
+    """A job's training config as an input: `ancient`, so that its mtime alone (a comment, another
+    method's setting) reruns nothing; `train_settings_read` is the param that does."""
+    return ancient(config[scale]["train_config"])
+
+
+def train_settings_read(scale, rewards, method=None):
+    """The part of the scale's training config a job reads, as canonical JSON (a rule param, so that
+    Snakemake's params trigger reruns exactly the jobs an edit changes): the shared keys, and of
+    `rewards`, `per_reward` and `methods` (nabla.config.run_settings) the entries of the job's
+    rewards and method (None: no method's, as the prior is evaluated).
+    """
+    import yaml
+
+    with open(config[scale]["train_config"]) as file:
+        raw = yaml.safe_load(file) or {}
+    methods = raw.pop("methods", None) or {}
+    options = raw.pop("rewards", None) or {}
+    per_reward = raw.pop("per_reward", None) or {}
+    for name in rewards:
+        entry = dict(per_reward.get(name) or {})
+        reward_methods = entry.pop("methods", None) or {}
+        raw[f"reward {name}"] = {
+            "options": options.get(name),
+            "per_reward": entry,
+            **({"method": reward_methods.get(method)} if method else {}),
+        }
+    if method:
+        raw[f"method {method}"] = methods.get(method)
+    return json.dumps(raw, sort_keys=True)
+
+
 # -- the grid of runs, in jobs --------------------------------------------------------------------
 def budget_options(scale):
     """The run command's overrides of the scale's train_config (its `budget`)."""

@@ -61,7 +61,7 @@ rule figures_of_a_reward:
 rule toy2d_exactness:
     input:
         prior=lambda w: prior_marker("toy2d"),
-        config=lambda w: config["toy2d"]["train_config"],
+        config=lambda w: train_config_input("toy2d"),
         priors=lambda w: prior_records("toy2d"),
     output:
         csv=f"{TREE}/toy2d/exactness.csv",
@@ -72,6 +72,7 @@ rule toy2d_exactness:
         ENV
     threads: 1
     params:
+        read=lambda w: train_settings_read("toy2d", config["toy2d"]["rewards"]),
         rewards=lambda w: " ".join(config["toy2d"]["rewards"]),
         samples=lambda w: config["toy2d"]["evaluation"]["samples"],
     shell:

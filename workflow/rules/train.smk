@@ -6,7 +6,7 @@
 rule runs:
     input:
         prior=lambda w: prior_marker(w.scale),
-        config=lambda w: config[w.scale]["train_config"],
+        config=lambda w: train_config_input(w.scale),
         models=run_models,
         selected=lambda w: (
             [f"{TREE}/{w.scale}/selected.yaml"] if w.protocol == "tuned" else []
@@ -24,6 +24,7 @@ rule runs:
     resources:
         gpu=gpus,
     params:
+        read=lambda w: train_settings_read(w.scale, [w.reward], w.method),
         root=lambda w: f"{RUNS}/{w.scale}/{w.protocol}/{w.reward}/{w.method}",
         seeds=lambda w: group_members(w.group),
         model=lambda w: model_option(w.scale),
@@ -43,7 +44,7 @@ rule runs:
 rule evaluate_prior:
     input:
         prior=lambda w: prior_marker(w.scale),
-        config=lambda w: config[w.scale]["train_config"],
+        config=lambda w: train_config_input(w.scale),
         models=run_models,
         checked=checked(),
     output:
@@ -56,6 +57,7 @@ rule evaluate_prior:
     resources:
         gpu=gpus,
     params:
+        read=lambda w: train_settings_read(w.scale, [w.reward]),
         model=lambda w: model_option(w.scale),
         evaluation=lambda w: evaluation_options(w.scale),
     shell:

@@ -6,7 +6,7 @@
 rule tune_runs:
     input:
         prior=lambda w: prior_marker(w.scale),
-        config=lambda w: config[w.scale]["train_config"],
+        config=lambda w: train_config_input(w.scale),
         models=run_models,
         checked=checked(),
     output:
@@ -19,6 +19,7 @@ rule tune_runs:
     resources:
         gpu=gpus,
     params:
+        read=lambda w: train_settings_read(w.scale, [w.reward], w.method),
         root=lambda w: f"{RUNS}/{w.scale}/tune/{w.reward}/{w.method}",
         grid=lambda w: json.dumps(config[w.scale]["tune"]["grids"][w.method]),
         points=lambda w: group_members(w.group),
