@@ -111,8 +111,10 @@ def first_reaching_evaluation(rewards: Sequence[float], target: float) -> int | 
 def first_crossing(rounds: Sequence[float], rewards: Sequence[float], target: float) -> float | None:
     """The first round at which a piecewise-linear reward curve reaches ``target`` (None: never)."""
     k = first_reaching_evaluation(rewards, target)
-    if k is None or k == 0:
-        return None if k is None else float(rounds[0])
+    if k is None:
+        return None
+    if k == 0:  # the prior is already there
+        return float(rounds[0])
     (r0, v0), (r1, v1) = (rounds[k - 1], rewards[k - 1]), (rounds[k], rewards[k])
     return float(r0 + (target - v0) / (v1 - v0) * (r1 - r0))
 
