@@ -250,15 +250,17 @@ def test_the_dot_test_config_runs_the_whole_workflow_in_its_own_folder(tmp_path)
     assert (tmp_path / "runs/toy2d/prior/config.json").exists()  # everything under its own folder
 
 
-def toy_workflow(folder: Path, rounds: int, checkpoint_every: int, methods=("residual_nabla_db",)) -> None:
-    """One toy2d run a method (residual ∇-DB; linear, seed 0): a workflow a crash test can kill in seconds."""
+def toy_workflow(folder: Path, rounds: int, checkpoint_every: int, methods=("residual_nabla_db",),
+                 protocols=("release",)) -> None:
+    """One toy2d run a method (residual ∇-DB; linear, seed 0) a protocol: a workflow a crash test can
+    kill in seconds."""
     copy_workflow(folder)
     train = yaml.safe_load((ROOT / "config/train/toy2d.yaml").read_text())
     train.update(rounds=rounds, checkpoint_every=checkpoint_every, eval_every=10, eval_samples_per_prompt=64,
                  trajectories_per_round=64)
     (folder / "config/train/toy2d.yaml").write_text(yaml.safe_dump(train))
     config = default_config()
-    config["toy2d"].update(methods=list(methods), rewards=["linear"], seeds=[0], protocols=["release"],
+    config["toy2d"].update(methods=list(methods), rewards=["linear"], seeds=[0], protocols=list(protocols),
                            prior={"seed": 0, "steps": 200}, evaluation={"samples": 500})
     config["scales"] = ["toy2d"]
     (folder / "config/config.yaml").write_text(yaml.safe_dump(config))
@@ -334,7 +336,8 @@ def planned_jobs(folder: Path) -> list[tuple[str, str]]:
 
 @pytest.mark.slow
 def test_an_edit_to_the_training_config_reruns_exactly_the_jobs_whose_settings_it_changes(tmp_path):
-    toy_workflow(tmp_path, rounds=4, checkpoint_every=2, methods=("residual_nabla_db", "ddpo"))
+    toy_workflow(tmp_path, rounds=4, checkpoint_every=2, methods=("residual_nabla_db", "ddpo"),
+                 protocols=("release", "tune"))
     assert (done := snakemake(tmp_path)).returncode == 0, (done.stdout + done.stderr)[-4000:]
     path = tmp_path / "config/train/toy2d.yaml"
     train = yaml.safe_load(path.read_text())
@@ -345,15 +348,23 @@ def test_an_edit_to_the_training_config_reruns_exactly_the_jobs_whose_settings_i
     path.write_text(yaml.safe_dump({**train, "rewards": {**train["rewards"], "quadratic": {"center": [1.0, 1.0]}},
                                     "methods": {**train["methods"], "rtb": {"reward_scale": 9.0}}}))
     assert "Nothing to be done" in snakemake(tmp_path, "-n").stdout
-    # one method's setting: its runs, and what aggregates them
-    path.write_text(yaml.safe_dump({**train, "methods": {**train["methods"], "ddpo": {"lr": 1.0e-3}}}))
+    # one method's release setting: its release runs, and what aggregates them; its tuning runs set
+    # that key from their grid (ddpo's lr), so they do not read it
+    path.write_text(yaml.safe_dump({**train, "methods": {**train["methods"], "ddpo": {**train["methods"]["ddpo"], "lr": 1.0e-3}}}))
     jobs = planned_jobs(tmp_path)
     assert ("runs", "ddpo") in jobs and ("runs", "residual_nabla_db") not in jobs, jobs
-    assert not any(rule in ("evaluate_prior", "toy2d_exactness", "pretrain_toy2d_prior") for rule, _ in jobs), jobs
+    assert not any(rule in ("evaluate_prior", "toy2d_exactness", "pretrain_toy2d_prior", "tune_runs")
+                   for rule, _ in jobs), jobs
+    # a setting of the method outside its grid: its tuning runs too
+    ddpo = {**train["methods"]["ddpo"], "microbatch_size": 2048}
+    path.write_text(yaml.safe_dump({**train, "methods": {**train["methods"], "ddpo": ddpo}}))
+    jobs = planned_jobs(tmp_path)
+    assert {("runs", "ddpo"), ("tune_runs", "ddpo")} <= set(jobs) and ("tune_runs", "residual_nabla_db") not in jobs
     # a shared setting: every run, and the prior's evaluation
     path.write_text(yaml.safe_dump({**train, "eval_every": 2}))
     jobs = planned_jobs(tmp_path)
-    assert {("runs", "ddpo"), ("runs", "residual_nabla_db"), ("evaluate_prior", "")} <= set(jobs), jobs
+    assert {("runs", "ddpo"), ("runs", "residual_nabla_db"), ("evaluate_prior", ""), ("tune_runs", "ddpo"),
+            ("tune_runs", "residual_nabla_db")} <= set(jobs), jobs
 
 
 @pytest.mark.slow

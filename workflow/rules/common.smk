@@ -130,30 +130,46 @@ def train_config_input(scale):
     return ancient(config[scale]["train_config"])
 
 
-def train_settings_read(scale, rewards, method=None):
+def train_settings_read(scale, rewards, method=None, protocol="release"):
     """The part of the scale's training config a job reads, as canonical JSON (a rule param, so that
     Snakemake's params trigger reruns exactly the jobs an edit changes): the shared keys, and of
     `rewards`, `per_reward` and `methods` (nabla.config.run_settings) the entries of the job's
-    rewards and method (None: no method's, as the prior is evaluated).
+    rewards and method (None: no method's, as the prior is evaluated). A tuning run, and a run of
+    the tuned protocol, sets its tuning grid's keys itself, over the method's entries: their
+    values there (the release protocol's) are not read, so editing them reruns neither.
     """
     import yaml
 
     with open(config[scale]["train_config"]) as file:
         raw = yaml.safe_load(file) or {}
-    methods = raw.pop("methods", None) or {}
+    chosen = grid_keys(scale, protocol, method)
+
+    def method_entry(entries):
+        entry = (entries or {}).get(method)
+        return {k: v for k, v in entry.items() if k not in chosen} if entry else entry
+
+    methods = raw.pop("methods", None)
     options = raw.pop("rewards", None) or {}
     per_reward = raw.pop("per_reward", None) or {}
     for name in rewards:
         entry = dict(per_reward.get(name) or {})
-        reward_methods = entry.pop("methods", None) or {}
+        reward_methods = entry.pop("methods", None)
         raw[f"reward {name}"] = {
             "options": options.get(name),
             "per_reward": entry,
-            **({"method": reward_methods.get(method)} if method else {}),
+            **({"method": method_entry(reward_methods)} if method else {}),
         }
     if method:
-        raw[f"method {method}"] = methods.get(method)
+        raw[f"method {method}"] = method_entry(methods)
     return json.dumps(raw, sort_keys=True)
+
+
+def grid_keys(scale, protocol, method):
+    """The settings a run of `protocol` takes from the tuning grid (tune: its point; tuned: the
+    point selected), not from the training config."""
+    if protocol not in ("tune", "tuned") or method is None:
+        return set()
+    return set(config[scale]["tune"]["grids"][method])
 
 
 # -- the grid of runs, in jobs --------------------------------------------------------------------

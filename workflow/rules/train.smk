@@ -24,7 +24,7 @@ rule runs:
     resources:
         gpu=gpus,
     params:
-        read=lambda w: train_settings_read(w.scale, [w.reward], w.method),
+        read=lambda w: train_settings_read(w.scale, [w.reward], w.method, w.protocol),
         root=lambda w: f"{RUNS}/{w.scale}/{w.protocol}/{w.reward}/{w.method}",
         seeds=lambda w: group_members(w.group),
         model=lambda w: model_option(w.scale),

@@ -19,7 +19,7 @@ rule tune_runs:
     resources:
         gpu=gpus,
     params:
-        read=lambda w: train_settings_read(w.scale, [w.reward], w.method),
+        read=lambda w: train_settings_read(w.scale, [w.reward], w.method, "tune"),
         root=lambda w: f"{RUNS}/{w.scale}/tune/{w.reward}/{w.method}",
         grid=lambda w: json.dumps(config[w.scale]["tune"]["grids"][w.method]),
         points=lambda w: group_members(w.group),
