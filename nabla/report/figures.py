@@ -248,9 +248,11 @@ def frontier_figure(curves: pd.DataFrame, panels, levels: dict | None = None, ti
             color = method_color(method)
             ax.plot(stats["reward_mean"], stats[column], color=color, lw=1.5, label=name)
             ax.scatter(stats["reward_mean"].iloc[-1:], stats[column].iloc[-1:], color=color, s=40, edgecolor="black", zorder=3)
-        for fraction, value in ((levels or {}).get("levels") or {}).items():
+        for i, (fraction, value) in enumerate(((levels or {}).get("levels") or {}).items()):
             ax.axvline(value, color="black", lw=0.8, ls=":")
-            ax.text(value, 1.0, f" {float(fraction):.0%}", transform=ax.get_xaxis_transform(), fontsize=7, va="top")
+            # one line of text a level: close levels' labels would print over each other
+            ax.text(value, 1.0 - 0.04 * i, f" {float(fraction):.0%}", transform=ax.get_xaxis_transform(),
+                    fontsize=7, va="top")
         if log:
             ax.set_yscale("log")
         if window is not None:
