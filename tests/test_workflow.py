@@ -188,6 +188,10 @@ def test_full_config_plans_every_method_on_two_rewards_at_tiny():
     assert jobs["runs"] == str(42 + 44) and jobs["evaluate_prior"] == "4" and jobs["figures_of_a_reward"] == "6"
     tiny = yaml.safe_load((ROOT / "config" / "train" / "tiny.yaml").read_text())
     assert tiny_runs_at(out, tiny["rounds"], tiny["trajectories_per_round"])
+    # its own result set: the default's tiny runs and results/tiny are not its to overwrite
+    tiny_commands = [line for line in out.splitlines() if "nabla runs --scale tiny" in line]
+    assert all("--root runs/tiny-full/release/" in line for line in tiny_commands)
+    assert "--to results/tiny-full " in out and "--to results/tiny " not in out
 
 
 @pytest.mark.slow
@@ -234,6 +238,17 @@ def test_a_scale_needs_its_section_only_where_scales_lists_it():
     for config in ({"scales": ["toy2d", "tiny"], **toy}, toy):  # tiny listed, or by the default scales
         with pytest.raises(jsonschema.ValidationError, match="'tiny' is a required property"):
             jsonschema.validate(config, schema)
+
+
+def test_a_result_set_is_named_after_its_scale():
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    toy = default_config()["toy2d"]
+    jsonschema.validate({"scales": ["toy2d"], "toy2d": {**toy, "name": "toy2d-long-run"}}, schema)
+    for name in ("tiny-long-run", "toy2d-", "toy2d_x", "results"):
+        with pytest.raises(jsonschema.ValidationError, match="does not match"):
+            jsonschema.validate({"scales": ["toy2d"], "toy2d": {**toy, "name": name}}, schema)
 
 
 @pytest.mark.slow
@@ -365,6 +380,29 @@ def test_an_edit_to_the_training_config_reruns_exactly_the_jobs_whose_settings_i
     jobs = planned_jobs(tmp_path)
     assert {("runs", "ddpo"), ("runs", "residual_nabla_db"), ("evaluate_prior", ""), ("tune_runs", "ddpo"),
             ("tune_runs", "residual_nabla_db")} <= set(jobs), jobs
+
+
+@pytest.mark.slow
+def test_a_named_result_set_computes_into_its_own_folders_and_leaves_the_defaults_as_they_were(tmp_path):
+    toy_workflow(tmp_path, rounds=4, checkpoint_every=2)
+    assert (done := snakemake(tmp_path)).returncode == 0, (done.stdout + done.stderr)[-4000:]
+    default = {p: p.read_bytes() for p in sorted(tmp_path.glob("r*/**/*")) if p.is_file()}
+    # other runs (a longer budget) under another name: trained and published apart
+    (tmp_path / "longer.yaml").write_text(yaml.safe_dump({"toy2d": {"name": "toy2d-longer", "budget": {"rounds": 6}}}))
+    named = ("--configfile", "longer.yaml")
+    assert (done := snakemake(tmp_path, *named)).returncode == 0, (done.stdout + done.stderr)[-4000:]
+    for folder in ("runs/toy2d-longer/release/linear/residual_nabla_db/seed0", "runs/records/toy2d-longer/prior",
+                   "results/toy2d-longer/release/figures"):
+        assert (tmp_path / folder).is_dir(), folder
+    summary = pd.read_csv(tmp_path / "results/toy2d-longer/release/summary.csv")
+    assert set(summary["method"]) == {"pretrained", "residual_nabla_db"}
+    assert (tmp_path / "results/toy2d-longer/exactness.md").exists()
+    log = pd.read_csv(tmp_path / "runs/toy2d-longer/release/linear/residual_nabla_db/seed0/train_log.csv")
+    assert log["round"].max() == 6  # its budget, not the default's 4 rounds
+    # the default's files are byte for byte as they were, and its plan has nothing to do
+    assert {p: p.read_bytes() for p in default} == default
+    assert "Nothing to be done" in snakemake(tmp_path, "-n").stdout
+    assert "Nothing to be done" in snakemake(tmp_path, "-n", *named).stdout
 
 
 @pytest.mark.slow

@@ -1,20 +1,27 @@
 # Shared paths and helpers of the rules, and the config's validation before any job is planned.
 #
 # Layout: everything the DAG computes lives under the git-ignored runs/ tree:
-#   runs/<scale>/...                     priors, models, run folders (checkpoints, logs, weights)
-#   runs/records/<scale>/<protocol>/...  one record per job (its runs' curves and final metrics)
-#   runs/results/<scale>/...             the scale's results (tables, figures, selection)
-#   runs/published/<scale>.json          the last step: runs/results/<scale> copied to results/<scale>
+#   runs/<scale>/...                     the scale's prior and (tiny) its reward and feature networks
+#   runs/<name>/<protocol>/...           run folders (checkpoints, logs, weights)
+#   runs/records/<name>/<protocol>/...   one record per job (its runs' curves and final metrics)
+#   runs/results/<name>/...              the result set's tables, figures and selection
+#   runs/published/<name>.json           the last step: runs/results/<name> copied to results/<name>
+# <name> is the scale's result set: its config key `name`, the scale itself or the scale and a
+# label (`tiny-full`). A config whose runs or selection differ from the default's names its own,
+# and overwrites nothing of it. Rules match it as `{scale}{label}`, so that the default's paths,
+# commands and params, and with them every recorded job, stay as they were.
 # The committed results/ are never a rule's output, so a missing or unfinished run always makes
 # the publish step out of date, and `snakemake figures` redraws results/ from results/ alone.
 import json
 import math
 import os
+import re
 
 import jsonschema
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+SCALES = ("toy2d", "tiny", "sd15")
 RUNS = "runs"
 TREE = f"{RUNS}/results"  # what the DAG computes; published to results/
 ENV = "../../environment.yml"  # relative to this rules folder
@@ -54,6 +61,16 @@ def validate_config(config, schema_path):
     return True
 
 
+def name_of(scale):
+    """The scale's result set (its config key `name`; left out, the scale)."""
+    return (config.get(scale) or {}).get("name") or scale
+
+
+def label_of(scale):
+    """The result set's name after the scale: '' or '-<label>'."""
+    return name_of(scale)[len(scale) :]
+
+
 def checked():
     """A compute job's input that orders it after the config check: none where the check ran at DAG
     build; else the check_config job's marker (ancient: a re-check after an edit reruns nothing).
@@ -64,7 +81,8 @@ def checked():
 
 
 wildcard_constraints:
-    scale="toy2d|tiny|sd15",
+    scale="|".join(SCALES),
+    label="(?:{})".format("|".join(sorted({re.escape(label_of(s)) for s in SCALES}))),
     tree="runs/results|results",
 
 
@@ -209,7 +227,7 @@ def group_members(group):
 def records(scale, protocol, reward=None):
     c = config[scale]
     return expand(
-        f"{RUNS}/records/{scale}/{protocol}/{{reward}}/{{method}}/{{group}}.json",
+        f"{RUNS}/records/{name_of(scale)}/{protocol}/{{reward}}/{{method}}/{{group}}.json",
         reward=[reward] if reward else c["rewards"],
         method=c["methods"],
         group=groups(scale, protocol),
@@ -218,7 +236,8 @@ def records(scale, protocol, reward=None):
 
 def prior_records(scale):
     return expand(
-        f"{RUNS}/records/{scale}/prior/{{reward}}.json", reward=config[scale]["rewards"]
+        f"{RUNS}/records/{name_of(scale)}/prior/{{reward}}.json",
+        reward=config[scale]["rewards"],
     )
 
 
@@ -274,7 +293,7 @@ def tunes(scale):
 
 def figure_files(tree, scale, protocol):
     return expand(
-        f"{tree}/{scale}/{protocol}/figures/{{kind}}_{{reward}}.{{ext}}",
+        f"{tree}/{name_of(scale)}/{protocol}/figures/{{kind}}_{{reward}}.{{ext}}",
         kind=FIGURE_KINDS,
         reward=config[scale]["rewards"],
         ext=["png", "pdf"],
@@ -282,25 +301,24 @@ def figure_files(tree, scale, protocol):
 
 
 def scale_results(scale):
-    """Everything the DAG computes into runs/results/<scale> (what publish copies)."""
+    """Everything the DAG computes into the scale's runs/results/<name> (what publish copies)."""
+    tree = f"{TREE}/{name_of(scale)}"
     files = [
-        f"{TREE}/{scale}/{p}/{name}"
-        for p in main_protocols(scale)
-        for name in PROTOCOL_FILES
+        f"{tree}/{p}/{file}" for p in main_protocols(scale) for file in PROTOCOL_FILES
     ]
     files += [f for p in main_protocols(scale) for f in figure_files(TREE, scale, p)]
     if tunes(scale):
-        files += [f"{TREE}/{scale}/selected.yaml"] + [
-            f"{TREE}/{scale}/tune/{name}" for name in PROTOCOL_FILES
+        files += [f"{tree}/selected.yaml"] + [
+            f"{tree}/tune/{file}" for file in PROTOCOL_FILES
         ]
     if scale == "tiny":
-        files.append(f"{TREE}/tiny/prior_samples.png")
-        files += [f"{TREE}/tiny/prior_quality.{ext}" for ext in ("csv", "md")]
+        files.append(f"{tree}/prior_samples.png")
+        files += [f"{tree}/prior_quality.{ext}" for ext in ("csv", "md")]
     if scale == "toy2d":
-        files += [f"{TREE}/toy2d/exactness.{ext}" for ext in ("csv", "md")]
+        files += [f"{tree}/exactness.{ext}" for ext in ("csv", "md")]
     return files
 
 
 def all_targets():
     """What `all` builds: each scale of config["scales"] computed and published."""
-    return expand(f"{RUNS}/published/{{scale}}.json", scale=config["scales"])
+    return [f"{RUNS}/published/{name_of(scale)}.json" for scale in config["scales"]]

@@ -59,7 +59,7 @@ rule prior_samples:
         model=rules.pretrain_tiny_prior.output.model,
     output:
         report(
-            f"{TREE}/tiny/prior_samples.png",
+            f"{TREE}/{name_of('tiny')}/prior_samples.png",
             caption="../report/prior_samples.rst",
             category="tiny",
         ),
@@ -86,7 +86,7 @@ rule prior_quality:
         classifier=REWARD_MODEL,
         features=FEATURES,
     output:
-        multiext(f"{TREE}/tiny/prior_quality", ".csv", ".md"),
+        multiext(f"{TREE}/{name_of('tiny')}/prior_quality", ".csv", ".md"),
     log:
         "logs/tiny/prior_quality.log",
     conda:

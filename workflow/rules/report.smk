@@ -1,5 +1,5 @@
-# A protocol's records → its tables and figures (runs/results), then each scale published to
-# results/. `snakemake figures` redraws the committed results/ from results/ alone.
+# A protocol's records → its tables and figures (runs/results), then each scale's result set
+# published to results/<name>. `snakemake figures` redraws the committed results/ from results/ alone.
 
 
 rule aggregate:
@@ -7,9 +7,9 @@ rule aggregate:
         groups=lambda w: records(w.scale, w.protocol),
         priors=lambda w: prior_records(w.scale) if w.protocol != "tune" else [],
     output:
-        [f"{TREE}/{{scale}}/{{protocol}}/{name}" for name in PROTOCOL_FILES],
+        [f"{TREE}/{{scale}}{{label}}/{{protocol}}/{name}" for name in PROTOCOL_FILES],
     log:
-        "logs/{scale}/{protocol}/aggregate.log",
+        "logs/{scale}{label}/{protocol}/aggregate.log",
     wildcard_constraints:
         protocol="release|tuned|tune",
     conda:
@@ -27,26 +27,26 @@ rule aggregate:
 rule figures_of_a_reward:
     input:
         [
-            f"{{tree}}/{{scale}}/{{protocol}}/{name}"
+            f"{{tree}}/{{scale}}{{label}}/{{protocol}}/{name}"
             for name in ("summary.csv", "curves.csv", "levels.json", "samples.json")
         ],
     output:
         [
             (
                 report(
-                    f"{{tree}}/{{scale}}/{{protocol}}/figures/{kind}_{{reward}}.{ext}",
+                    f"{{tree}}/{{scale}}{{label}}/{{protocol}}/figures/{kind}_{{reward}}.{ext}",
                     caption=f"../report/{kind}.rst",
-                    category="{scale}",
+                    category="{scale}{label}",
                     subcategory="{protocol} protocol",
                 )
                 if ext == "png"
-                else f"{{tree}}/{{scale}}/{{protocol}}/figures/{kind}_{{reward}}.{ext}"
+                else f"{{tree}}/{{scale}}{{label}}/{{protocol}}/figures/{kind}_{{reward}}.{ext}"
             )
             for kind in FIGURE_KINDS
             for ext in ("png", "pdf")
         ],
     log:
-        "logs/{tree}/{scale}/{protocol}/figures_{reward}.log",
+        "logs/{tree}/{scale}{label}/{protocol}/figures_{reward}.log",
     wildcard_constraints:
         protocol="release|tuned",
     conda:
@@ -64,8 +64,8 @@ rule toy2d_exactness:
         config=lambda w: train_config_input("toy2d"),
         priors=lambda w: prior_records("toy2d"),
     output:
-        csv=f"{TREE}/toy2d/exactness.csv",
-        md=f"{TREE}/toy2d/exactness.md",
+        csv=f"{TREE}/{name_of('toy2d')}/exactness.csv",
+        md=f"{TREE}/{name_of('toy2d')}/exactness.md",
     log:
         "logs/toy2d/exactness.log",
     conda:
@@ -84,14 +84,14 @@ rule publish:
     input:
         lambda w: scale_results(w.scale),
     output:
-        f"{RUNS}/published/{{scale}}.json",
+        f"{RUNS}/published/{{scale}}{{label}}.json",
     log:
-        "logs/{scale}/publish.log",
+        "logs/{scale}{label}/publish.log",
     conda:
         ENV
     params:
-        source=lambda w: f"{TREE}/{w.scale}",
-        to=lambda w: f"results/{w.scale}",
+        source=lambda w: f"{TREE}/{w.scale}{w.label}",
+        to=lambda w: f"results/{w.scale}{w.label}",
     shell:
         "python -m nabla publish --source {params.source} --to {params.to} --marker {output} > {log} 2>&1"
 

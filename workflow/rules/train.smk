@@ -9,13 +9,15 @@ rule runs:
         config=lambda w: train_config_input(w.scale),
         models=run_models,
         selected=lambda w: (
-            [f"{TREE}/{w.scale}/selected.yaml"] if w.protocol == "tuned" else []
+            [f"{TREE}/{w.scale}{w.label}/selected.yaml"]
+            if w.protocol == "tuned"
+            else []
         ),
         checked=checked(),
     output:
-        f"{RUNS}/records/{{scale}}/{{protocol}}/{{reward}}/{{method}}/{{group}}.json",
+        f"{RUNS}/records/{{scale}}{{label}}/{{protocol}}/{{reward}}/{{method}}/{{group}}.json",
     log:
-        "logs/{scale}/{protocol}/{reward}/{method}/{group}.log",
+        "logs/{scale}{label}/{protocol}/{reward}/{method}/{group}.log",
     wildcard_constraints:
         protocol="release|tuned",
     conda:
@@ -25,7 +27,7 @@ rule runs:
         gpu=gpus,
     params:
         read=lambda w: train_settings_read(w.scale, [w.reward], w.method, w.protocol),
-        root=lambda w: f"{RUNS}/{w.scale}/{w.protocol}/{w.reward}/{w.method}",
+        root=lambda w: f"{RUNS}/{w.scale}{w.label}/{w.protocol}/{w.reward}/{w.method}",
         seeds=lambda w: group_members(w.group),
         model=lambda w: model_option(w.scale),
         budget=lambda w: budget_options(w.scale),
@@ -48,9 +50,9 @@ rule evaluate_prior:
         models=run_models,
         checked=checked(),
     output:
-        f"{RUNS}/records/{{scale}}/prior/{{reward}}.json",
+        f"{RUNS}/records/{{scale}}{{label}}/prior/{{reward}}.json",
     log:
-        "logs/{scale}/prior/{reward}.log",
+        "logs/{scale}{label}/prior/{reward}.log",
     conda:
         ENV
     threads: 1

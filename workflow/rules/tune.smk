@@ -10,9 +10,9 @@ rule tune_runs:
         models=run_models,
         checked=checked(),
     output:
-        f"{RUNS}/records/{{scale}}/tune/{{reward}}/{{method}}/{{group}}.json",
+        f"{RUNS}/records/{{scale}}{{label}}/tune/{{reward}}/{{method}}/{{group}}.json",
     log:
-        "logs/{scale}/tune/{reward}/{method}/{group}.log",
+        "logs/{scale}{label}/tune/{reward}/{method}/{group}.log",
     conda:
         ENV
     threads: 1
@@ -20,7 +20,7 @@ rule tune_runs:
         gpu=gpus,
     params:
         read=lambda w: train_settings_read(w.scale, [w.reward], w.method, "tune"),
-        root=lambda w: f"{RUNS}/{w.scale}/tune/{w.reward}/{w.method}",
+        root=lambda w: f"{RUNS}/{w.scale}{w.label}/tune/{w.reward}/{w.method}",
         grid=lambda w: json.dumps(config[w.scale]["tune"]["grids"][w.method]),
         points=lambda w: group_members(w.group),
         seed=lambda w: config[w.scale]["tune"]["seed"],
@@ -39,9 +39,9 @@ rule select_settings:
     input:
         lambda w: records(w.scale, "tune"),
     output:
-        f"{TREE}/{{scale}}/selected.yaml",
+        f"{TREE}/{{scale}}{{label}}/selected.yaml",
     log:
-        "logs/{scale}/select.log",
+        "logs/{scale}{label}/select.log",
     conda:
         ENV
     params:
