@@ -22,6 +22,28 @@ def test_word_balanced_weights_draw_every_word_equally():
     assert torch.allclose(torch.stack(per_word), torch.ones(3, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("levels", [0, 1, 3])
+def test_unet_has_cross_attention_at_exactly_the_lowest_resolution_levels(levels):
+    from nabla.models.tiny import build_unet
+
+    cfg = TinyPriorConfig(unet_attention_levels=levels, unet_attention_heads=2)
+    unet = build_unet(cfg, latent_size=16)
+    down = [type(b).__name__ for b in unet.down_blocks]
+    up = [type(b).__name__ for b in unet.up_blocks]
+    n = len(cfg.unet_channels)
+    assert down == ["DownBlock2D"] * (n - levels) + ["CrossAttnDownBlock2D"] * levels
+    assert up == list(reversed([name.replace("Down", "Up") for name in down]))
+    heads = {m.heads for m in unet.modules() if type(m).__name__ == "Attention"}
+    assert heads == {2}  # the mid block's attention too
+
+
+def test_unet_attention_levels_out_of_range_are_refused():
+    from nabla.models.tiny import build_unet
+
+    with pytest.raises(ValueError, match="unet_attention_levels"):
+        build_unet(TinyPriorConfig(unet_attention_levels=4), latent_size=16)
+
+
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory, openmoji_cache):
     out = tmp_path_factory.mktemp("tiny_prior")
