@@ -62,7 +62,7 @@ class TinyPriorConfig:
     unet_layers_per_block: int = 1
     # Cross-attention at 8x8 and 4x4 (and the mid block), diffusers' 8 heads. Attention at 4x4 alone
     # with 2 heads makes updates ~2x cheaper at the same prior quality, but the rank-8 attention
-    # LoRA then moves the rewards ~5x less in the default's budget (README, "not taken")
+    # LoRA then gains 2.5-5x less reward per training second (README, "not taken")
     unet_attention_levels: int = 2  # the lowest-resolution levels with cross-attention blocks
     unet_attention_heads: int = 8  # diffusers' attention_head_dim, which is the head count
     unet_steps: int = 2200
