@@ -37,11 +37,15 @@ def test_unet_has_cross_attention_at_exactly_the_lowest_resolution_levels(levels
     assert heads == {2}  # the mid block's attention too
 
 
-def test_unet_attention_levels_out_of_range_are_refused():
-    from nabla.models.tiny import build_unet
-
-    with pytest.raises(ValueError, match="unet_attention_levels"):
-        build_unet(TinyPriorConfig(unet_attention_levels=4), latent_size=16)
+def test_unet_attention_levels_out_of_range_are_refused_before_any_training(tmp_path):
+    with pytest.raises(ConfigError, match="unet_attention_levels = 4: must be in \\[0, 3\\]"):
+        TinyPriorConfig(unet_attention_levels=4)
+    config = tmp_path / "prior.yaml"
+    config.write_text("unet_attention_levels: -1\n")
+    with pytest.raises(ConfigError, match="unet_attention_levels = -1"):  # from the CLI, before the VAE stage
+        main(["pretrain", "--scale", "tiny", "--out", str(tmp_path / "p"), "--config", str(config),
+              "--data-cache", str(tmp_path / "absent.npz"), "--no-progress"])
+    assert not (tmp_path / "p").exists()
 
 
 @pytest.fixture(scope="module")

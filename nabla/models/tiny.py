@@ -32,10 +32,11 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from nabla.checkpoint import CsvLog, optimizer_from_files, optimizer_to_files, replace_folder
 from nabla.data import openmoji, prompts
 from nabla.models.tokenizer import caption_words, write_word_tokenizer
+from nabla.options import Checked, problem
 
 
 @dataclass
-class TinyPriorConfig:
+class TinyPriorConfig(Checked):
     """Everything that defines a tiny prior; saved beside it as pretrain_config.json."""
 
     seed: int = 0
@@ -78,6 +79,12 @@ class TinyPriorConfig:
     log_every: int = 25
     checkpoint_every: int = 100  # UNet steps between the stage's checkpoints (a crash resumes from the last)
 
+    def problems(self) -> list[str]:
+        n = len(self.unet_channels)
+        if not 0 <= self.unet_attention_levels <= n:
+            return [problem("unet_attention_levels", self.unet_attention_levels, f"must be in [0, {n}] for {n} UNet levels")]
+        return []
+
 
 # -- model builders -----------------------------------------------------------------------------
 def build_vae(cfg: TinyPriorConfig) -> AutoencoderKL:
@@ -112,8 +119,6 @@ def build_text_encoder(cfg: TinyPriorConfig, tokenizer) -> CLIPTextModel:
 
 def build_unet(cfg: TinyPriorConfig, latent_size: int) -> UNet2DConditionModel:
     n, k = len(cfg.unet_channels), cfg.unet_attention_levels
-    if not 0 <= k <= n:
-        raise ValueError(f"unet_attention_levels must be in [0, {n}] for {n} levels, got {k}")
     return UNet2DConditionModel(
         sample_size=latent_size,
         in_channels=4,
