@@ -15,9 +15,7 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 
 
-CHECKED_AT_BUILD = validate_config(
-    config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
-)
+CHECKED_AT_BUILD = validate_config(config, SCHEMA)
 
 
 include: "workflow/rules/check.smk"

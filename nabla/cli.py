@@ -59,7 +59,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
     from nabla.options import options_from_dict
 
-    overrides = _load_overrides(args.config)
+    overrides = {**_load_overrides(args.config), **json.loads(args.set or "{}")}
     for key in ("seed", "vae_steps", "unet_steps", "steps"):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
@@ -362,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", choices=["tiny", "toy2d"], default="tiny")
     p.add_argument("--out", required=True, help="output folder (diffusers format for tiny)")
     p.add_argument("--config", help="YAML/JSON file of config overrides (keys of the scale's config dataclass)")
+    p.add_argument("--set", help="JSON object of config overrides, over --config's (the workflow's prior section)")
     p.add_argument("--seed", type=int)
     p.add_argument("--vae-steps", type=int, help="tiny: VAE optimisation steps")
     p.add_argument("--unet-steps", type=int, help="tiny: UNet + text encoder optimisation steps")

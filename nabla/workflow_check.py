@@ -4,7 +4,8 @@ The schema (workflow/schemas) checks the workflow config's own keys. This goes o
 for each scale, each (method, reward) of its grid with its ``budget``, and each tuning grid point,
 the run's training config is resolved (``nabla.config.run_settings``) and checked without loading
 a model or reading a prompt file (:func:`nabla.config.check_run_settings`); every tuning grid has
-the same number of points; and the training, validation and evaluation prompts are disjoint.
+the same number of points; the training, validation and evaluation prompts are disjoint; and the
+prior the scale pretrains is a valid config of its model.
 The Snakefile calls it at DAG build where it can import the package, and otherwise the workflow's
 first job (``check-config``) does, before every compute job.
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 from nabla.config import PROMPT_KEYS, check_run_settings, run_settings
 from nabla.data.prompt_sets import PromptSet, parse_prompts
+from nabla.options import ConfigError, options_from_dict
 from nabla.protocol import grid_points, grid_size
 
 BUDGET_KEYS = ("rounds", "trajectories_per_round")
@@ -85,13 +87,30 @@ def _slices_overlap(a: PromptSet, b: PromptSet) -> bool:
     return low < high
 
 
+def prior_problems(scale: str, spec: dict[str, Any]) -> list[str]:
+    """The problems of the prior the scale pretrains (its config's own checks, such as a head
+    count that does not divide the attention widths), found before any job rather than after the
+    VAE stage."""
+    if scale == "tiny":
+        from nabla.models.tiny import TinyPriorConfig as cls
+    elif scale == "toy2d":
+        from nabla.models.toy2d import Toy2dPretrainConfig as cls
+    else:
+        return []
+    try:
+        options_from_dict(cls, spec.get("prior"))
+    except ConfigError as error:
+        return [f"{scale}.prior: {p}" for p in error.problems]
+    return []
+
+
 def check_scale(scale: str, spec: dict[str, Any]) -> list[str]:
     """The problems of one scale's runs (as the workflow would start them)."""
     path = spec["train_config"]
     if not Path(path).exists():
-        return [f"{scale}.train_config = {path!r}: no such file"]
+        return prior_problems(scale, spec) + [f"{scale}.train_config = {path!r}: no such file"]
     overrides = {k: v for k, v in (spec.get("budget") or {}).items() if k in BUDGET_KEYS}
-    found = []
+    found = prior_problems(scale, spec)
     for reward in spec["rewards"]:
         raw = run_settings(path, spec["methods"][0] if spec["methods"] else "residual_nabla_db", reward, 0, **overrides)
         found += [f"{path} ({reward}): {p}" for p in prompt_overlaps(raw)]

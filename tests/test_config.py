@@ -120,6 +120,19 @@ def test_a_bad_training_config_is_named_with_its_file_and_every_bad_key(tmp_path
     assert all(sum(n in p for p in problems) == 1 for n in named), text
 
 
+def test_a_prior_the_workflow_cannot_build_is_named_before_any_job(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    config = workflow_config()
+    config["scales"] = ["toy2d", "tiny"]
+    config["tiny"]["prior"].update(unet_attention_levels=4, unet_attention_heads=3)
+    config["toy2d"]["prior"]["step"] = 10
+    problems = "\n".join(check_workflow_config(config))
+    for named in ("tiny.prior: unet_attention_levels = 4: must be in [0, 3]",
+                  "tiny.prior: unet_attention_heads = 3: must divide the attention blocks' widths [16, 32, 64]",
+                  "toy2d.prior: unknown key 'step'"):
+        assert named in problems, problems
+
+
 def test_tuning_grids_must_give_every_method_the_same_number_of_runs(monkeypatch):
     monkeypatch.chdir(ROOT)
     config = workflow_config()

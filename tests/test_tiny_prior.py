@@ -37,14 +37,21 @@ def test_unet_has_cross_attention_at_exactly_the_lowest_resolution_levels(levels
     assert heads == {2}  # the mid block's attention too
 
 
-def test_unet_attention_levels_out_of_range_are_refused_before_any_training(tmp_path):
+def test_an_attention_layout_the_unet_cannot_have_is_refused_before_any_training(tmp_path):
     with pytest.raises(ConfigError, match="unet_attention_levels = 4: must be in \\[0, 3\\]"):
         TinyPriorConfig(unet_attention_levels=4)
+    # the head count divides every attending width: 32 and 64 (8x8, 4x4 and the mid block) ...
+    with pytest.raises(ConfigError, match="unet_attention_heads = 3: must divide the attention blocks' widths \\[32, 64\\]"):
+        TinyPriorConfig(unet_attention_heads=3)
+    TinyPriorConfig(unet_attention_levels=3, unet_attention_heads=16)
+    with pytest.raises(ConfigError, match="widths \\[16, 32, 64\\]"):  # ... and 16 where 16x16 attends too
+        TinyPriorConfig(unet_attention_levels=3, unet_attention_heads=32)
     config = tmp_path / "prior.yaml"
-    config.write_text("unet_attention_levels: -1\n")
-    with pytest.raises(ConfigError, match="unet_attention_levels = -1"):  # from the CLI, before the VAE stage
+    config.write_text("unet_attention_levels: 1\n")
+    # from the CLI, before the VAE stage; --set's values (the workflow's prior section) over --config's
+    with pytest.raises(ConfigError, match="unet_attention_levels = -1"):
         main(["pretrain", "--scale", "tiny", "--out", str(tmp_path / "p"), "--config", str(config),
-              "--data-cache", str(tmp_path / "absent.npz"), "--no-progress"])
+              "--set", '{"unet_attention_levels": -1}', "--data-cache", str(tmp_path / "absent.npz"), "--no-progress"])
     assert not (tmp_path / "p").exists()
 
 

@@ -61,7 +61,8 @@ def test_default_config_validates_and_missing_keys_get_defaults():
     assert config["toy2d"]["evaluation"] == {"samples": 4000}
     from nabla.models.tiny import TinyPriorConfig
 
-    assert config["tiny"]["prior"]["unet_steps"] == TinyPriorConfig().unet_steps  # schema and dataclass agree
+    # schema and dataclass agree: the default prior is the dataclass's, and keeps runs/tiny/prior
+    assert config["tiny"]["prior"] == {k: getattr(TinyPriorConfig(), k) for k in config["tiny"]["prior"]}
 
 
 def dry_run(*args: str, cwd=ROOT, check=True) -> str:
@@ -192,6 +193,27 @@ def test_full_config_plans_every_method_on_two_rewards_at_tiny():
     tiny_commands = [line for line in out.splitlines() if "nabla runs --scale tiny" in line]
     assert all("--root runs/tiny-full/release/" in line for line in tiny_commands)
     assert "--to results/tiny-full " in out and "--to results/tiny " not in out
+
+
+@pytest.mark.slow
+def test_a_result_set_with_its_own_prior_pretrains_it_apart_and_trains_on_it():
+    out = dry_run("--forceall", "--configfile", "config/tiny-beta.yaml", "config/tiny-attn4-beta.yaml",
+                  "--printshellcmds")
+    folder = "runs/tiny/prior-unet_attention_heads2-unet_attention_levels1"
+    pretrain = [line for line in out.splitlines() if "nabla pretrain --scale tiny" in line]
+    assert len(pretrain) == 1 and f"--out {folder} " in pretrain[0], pretrain
+    assert '"unet_attention_heads": 2, "unet_attention_levels": 1' in pretrain[0]
+    runs = [line for line in out.splitlines() if "nabla runs --scale tiny" in line]
+    assert len(runs) == 24 and all(f"--model {folder} " in line for line in runs)
+    assert all("--root runs/tiny-attn4-beta/tune/" in line for line in runs)
+    # its comparison: the default's 42 runs on the same prior, at the β selected for it
+    out = dry_run("--forceall", "--configfile", "config/tiny-attn4.yaml", "--printshellcmds")
+    assert f"nabla pretrain --scale tiny --out {folder} " in out
+    runs = [line for line in out.splitlines() if "nabla runs --scale tiny" in line]
+    assert len(runs) == 42 and all(f"--config config/train/tiny-attn4.yaml --model {folder} " in line for line in runs)
+    # the default prior keeps its folder, which no other prior's result set touches
+    default = dry_run("--forceall", "--configfile", "config/tiny-beta.yaml", "--printshellcmds")
+    assert "--out runs/tiny/prior " in default and "runs/tiny/prior-" not in default
 
 
 @pytest.mark.slow

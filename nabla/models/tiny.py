@@ -63,7 +63,8 @@ class TinyPriorConfig(Checked):
     unet_layers_per_block: int = 1
     # Cross-attention at 8x8 and 4x4 (and the mid block), diffusers' 8 heads. Attention at 4x4 alone
     # with 2 heads makes updates ~2x cheaper at the same prior quality, but the rank-8 attention
-    # LoRA then gains 2.5-5x less reward per training second (README, "not taken")
+    # LoRA then gains 2-6x less reward per training second (README, "not taken";
+    # config/tiny-attn4.yaml runs the default's comparison on it)
     unet_attention_levels: int = 2  # the lowest-resolution levels with cross-attention blocks
     unet_attention_heads: int = 8  # diffusers' attention_head_dim, which is the head count
     unet_steps: int = 2200
@@ -80,10 +81,15 @@ class TinyPriorConfig(Checked):
     checkpoint_every: int = 100  # UNet steps between the stage's checkpoints (a crash resumes from the last)
 
     def problems(self) -> list[str]:
-        n = len(self.unet_channels)
-        if not 0 <= self.unet_attention_levels <= n:
-            return [problem("unet_attention_levels", self.unet_attention_levels, f"must be in [0, {n}] for {n} UNet levels")]
-        return []
+        n, k, heads = len(self.unet_channels), self.unet_attention_levels, self.unet_attention_heads
+        found = []
+        if not 0 <= k <= n:
+            found.append(problem("unet_attention_levels", k, f"must be in [0, {n}] for {n} UNet levels"))
+        # the mid block attends too, at the last level's width
+        widths = sorted({self.unet_channels[-1], *self.unet_channels[n - min(max(k, 0), n):]})
+        if heads < 1 or any(w % heads for w in widths):
+            found.append(problem("unet_attention_heads", heads, f"must divide the attention blocks' widths {widths}"))
+        return found
 
 
 # -- model builders -----------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 # Shared paths and helpers of the rules, and the config's validation before any job is planned.
 #
 # Layout: everything the DAG computes lives under the git-ignored runs/ tree:
-#   runs/<scale>/...                     the scale's prior and (tiny) its reward and feature networks
+#   runs/<scale>/...                     the scale's prior and (tiny) its reward and feature networks;
+#                                        a prior set apart from the default in runs/<scale>/prior-...
 #   runs/<name>/<protocol>/...           run folders (checkpoints, logs, weights)
 #   runs/records/<name>/<protocol>/...   one record per job (its runs' curves and final metrics)
 #   runs/results/<name>/...              the result set's tables, figures and selection
@@ -18,6 +19,7 @@ import os
 import re
 
 import jsonschema
+import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -26,6 +28,7 @@ RUNS = "runs"
 TREE = f"{RUNS}/results"  # what the DAG computes; published to results/
 ENV = "../../environment.yml"  # relative to this rules folder
 CHECKED = f"{RUNS}/checked/config.ok"  # every run's config resolves (check_config)
+SCHEMA = os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
 
 
 def validate_config(config, schema_path):
@@ -34,8 +37,6 @@ def validate_config(config, schema_path):
     too (nabla.workflow_check), so `snakemake -n` already names a bad training config, and this
     returns True; elsewhere (--use-conda) the check_config job does it before any compute job.
     """
-    import yaml
-
     schema = yaml.safe_load(open(schema_path))
     errors = sorted(
         jsonschema.Draft202012Validator(schema).iter_errors(config),
@@ -110,7 +111,12 @@ def gpus(wildcards):
 
 # -- priors and models ----------------------------------------------------------------------------
 def prior_dir(scale):
-    return f"{RUNS}/{scale}/prior"
+    """runs/<scale>/prior for the schema's default prior; a prior set otherwise (its own seed,
+    budget or architecture) is named by what differs, runs/tiny/prior-unet_attention_heads2, so
+    that result sets with the same prior share it and none overwrites another's."""
+    schema = yaml.safe_load(open(SCHEMA))["properties"][scale]["properties"]["prior"]["properties"]
+    own = {k: v for k, v in sorted(config[scale]["prior"].items()) if v != schema[k]["default"]}
+    return f"{RUNS}/{scale}/prior" + "".join(f"-{k}{v}" for k, v in own.items())
 
 
 def prior_marker(scale):
@@ -156,8 +162,6 @@ def train_settings_read(scale, rewards, method=None, protocol="release"):
     the tuned protocol, sets its tuning grid's keys itself, over the method's entries: their
     values there (the release protocol's) are not read, so editing them reruns neither.
     """
-    import yaml
-
     with open(config[scale]["train_config"]) as file:
         raw = yaml.safe_load(file) or {}
     chosen = grid_keys(scale, protocol, method)

@@ -8,7 +8,7 @@ rule pretrain_toy2d_prior:
     output:
         model=f"{prior_dir('toy2d')}/config.json",
     log:
-        "logs/toy2d/pretrain_prior.log",
+        f"logs/toy2d/pretrain_{os.path.basename(prior_dir('toy2d'))}.log",
     conda:
         ENV
     threads: 1
@@ -39,7 +39,7 @@ rule pretrain_tiny_prior:
         model=f"{prior_dir('tiny')}/model_index.json",
         losses=f"{prior_dir('tiny')}/pretrain_log.csv",
     log:
-        "logs/tiny/pretrain_prior.log",
+        f"logs/tiny/pretrain_{os.path.basename(prior_dir('tiny'))}.log",
     conda:
         ENV
     threads: all_cores()
@@ -47,11 +47,10 @@ rule pretrain_tiny_prior:
         gpu=0,
     params:
         out=folder_of("model"),
-        prior=lambda w: config["tiny"]["prior"],
+        prior=lambda w: json.dumps(config["tiny"]["prior"], sort_keys=True),
     shell:
         "python -m nabla pretrain --scale tiny --out {params.out} --data-cache {input.data}"
-        " --seed {params.prior[seed]} --vae-steps {params.prior[vae_steps]}"
-        " --unet-steps {params.prior[unet_steps]} --threads {threads} --no-progress > {log} 2>&1"
+        " --set '{params.prior}' --threads {threads} --no-progress > {log} 2>&1"
 
 
 rule prior_samples:
@@ -64,7 +63,7 @@ rule prior_samples:
             category="tiny",
         ),
     log:
-        "logs/tiny/prior_samples.log",
+        f"logs/{name_of('tiny')}/prior_samples.log",
     conda:
         ENV
     threads: all_cores()
@@ -88,7 +87,7 @@ rule prior_quality:
     output:
         multiext(f"{TREE}/{name_of('tiny')}/prior_quality", ".csv", ".md"),
     log:
-        "logs/tiny/prior_quality.log",
+        f"logs/{name_of('tiny')}/prior_quality.log",
     conda:
         ENV
     threads: all_cores()
