@@ -287,10 +287,11 @@ def bench_trainer(config: str | Path, method: str, reward: str, out: Path, devic
 
 
 def bench_method(config: str | Path, method: str, reward: str, rounds: int, eval_every: int, eval_samples: int,
-                 out: Path, device: str = "cpu", seed: int = 0) -> tuple[dict, pd.DataFrame]:
-    """Train one method for `rounds` rounds in `out`; its cost row and its eval curve."""
+                 out: Path, device: str = "cpu", seed: int = 0, model: str | None = None) -> tuple[dict, pd.DataFrame]:
+    """Train one method for `rounds` rounds in `out` (on the config's prior, or `model`); its cost
+    row and its eval curve."""
     trainer = bench_trainer(config, method, reward, out, device, seed, rounds=rounds, eval_every=eval_every,
-                            eval_samples_per_prompt=eval_samples, eval_splits=("evaluation",))
+                            eval_samples_per_prompt=eval_samples, eval_splits=("evaluation",), model=model)
     cfg = trainer.cfg
     passes = denoiser_passes(trainer)
     with peak_memory(trainer.backend.device) as memory, phase_seconds(trainer) as phases:
@@ -313,19 +314,20 @@ def bench_method(config: str | Path, method: str, reward: str, rounds: int, eval
 
 def run_bench(scale: str, config: str | Path, reward: str, rounds: int, eval_every: int, eval_samples: int,
               methods: Sequence[str] | None = None, device: str = "cpu", sampler_repeats: int = 7,
-              progress: Callable[[str], None] = print) -> dict[str, pd.DataFrame]:
-    """Every method at one scale, in this process; returns the methods, curves and sampler frames."""
+              progress: Callable[[str], None] = print, model: str | None = None) -> dict[str, pd.DataFrame]:
+    """Every method at one scale, in this process (on the config's prior, or `model`); returns the
+    methods, curves and sampler frames."""
     rows, curves = [], []
     with tempfile.TemporaryDirectory(prefix="nabla-bench-") as tmp:
         # One unit for every method of the scale (same batch, same LoRA), measured before and
         # after them and averaged, so that a noisy moment does not skew one method's ratio.
-        reference = bench_trainer(config, "draft", reward, Path(tmp) / "unit", device)
+        reference = bench_trainer(config, "draft", reward, Path(tmp) / "unit", device, model=model)
         batch, guidance = reference.cfg.trajectories_per_round, reference.cfg.sampler.guidance_scale
         units = [denoiser_unit_seconds(reference.backend, batch, guidance)]
         rates = [matmul_flops_per_second()]
         for method in methods or available_methods():
             row, curve = bench_method(config, method, reward, rounds, eval_every, eval_samples,
-                                      Path(tmp) / method, device)
+                                      Path(tmp) / method, device, model=model)
             progress(f"{scale} {method}: {row['seconds_per_update']:.3f} s/update, "
                      f"peak +{row['peak_memory_mib']:.0f} MiB")
             rows.append(row)
@@ -341,7 +343,7 @@ def run_bench(scale: str, config: str | Path, reward: str, rounds: int, eval_eve
         methods_frame["over_floor"] = methods_frame["seconds_per_update"] / floor
     frames = {"methods": methods_frame, "curves": pd.concat(curves, ignore_index=True)}
     if scale != "toy2d":
-        cfg = load_train_config(config, "residual_nabla_db", reward, 0)
+        cfg = load_train_config(config, "residual_nabla_db", reward, 0, model=model)
         s = cfg.sampler
         frames["sampler"] = pd.DataFrame([{"scale": scale, **sampler_against_pipeline(
             cfg.model, cfg.trajectories_per_round, s.num_steps, s.guidance_scale, s.eta, sampler_repeats)}])

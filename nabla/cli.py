@@ -257,7 +257,7 @@ def cmd_exactness(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
     from nabla.exactness import write_exactness
 
-    written = write_exactness(args.config, args.rewards, args.priors, args.out, args.samples)
+    written = write_exactness(args.config, args.rewards, args.priors, args.out, args.samples, model=args.model)
     print("wrote " + ", ".join(map(str, written)))
 
 
@@ -320,6 +320,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             scale, (args.config or {}).get(scale, defaults["config"]), defaults["reward"],
             rounds=args.rounds or defaults["rounds"], eval_every=defaults["eval_every"],
             eval_samples=defaults["eval_samples"], methods=args.methods, device=args.device,
+            model=(args.model or {}).get(scale),
         )
         for name, frame in result.items():
             frames.setdefault(name, []).append(frame)
@@ -493,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rewards", nargs="+", required=True)
     p.add_argument("--priors", nargs="*", default=[], help="the prior's evaluation records (evaluate-prior)")
     p.add_argument("--samples", type=int, default=4000)
+    p.add_argument("--model", help="override the prior folder")
     p.add_argument("--out", required=True, help="CSV (the Markdown table beside it)")
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_exactness)
@@ -553,6 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, help="rounds per method (default per scale, see nabla/bench.py)")
     p.add_argument("--config", type=lambda s: dict(kv.split("=", 1) for kv in s.split(",")),
                    help="scale=training YAML pairs, comma-separated (default config/train/<scale>.yaml)")
+    p.add_argument("--model", type=lambda s: dict(kv.split("=", 1) for kv in s.split(",")),
+                   help="scale=prior folder pairs, comma-separated (default: the training YAML's model)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="results/bench")
     p.add_argument("--threads", type=int)

@@ -41,9 +41,10 @@ COLUMNS = ("reward", "beta", "first_timestep", "alpha_bar_start", "samples", "ed
 RESOLUTION_DRAWS = 8
 
 
-def exactness_row(config: str | Path, reward: str, prior_record: dict | None, num_samples: int, seed: int = 0) -> dict:
-    """The row of one reward (see the module docstring)."""
-    cfg = load_train_config(config, "residual_nabla_db", reward, 0)
+def exactness_row(config: str | Path, reward: str, prior_record: dict | None, num_samples: int, seed: int = 0,
+                  model: str | None = None) -> dict:
+    """The row of one reward (see the module docstring), on the config's prior or `model`."""
+    cfg = load_train_config(config, "residual_nabla_db", reward, 0, model=model)
     if cfg.scale != "toy2d" or cfg.eval_target_beta is None:
         raise ValueError(f"{config}: the exactness floors need a toy2d config with eval_target_beta")
     _, prior, scheduler = load_toy2d(cfg.model)
@@ -65,11 +66,11 @@ def exactness_row(config: str | Path, reward: str, prior_record: dict | None, nu
 
 
 def write_exactness(config: str | Path, rewards: Iterable[str], priors: Iterable[str | Path], out: str | Path,
-                    num_samples: int = 4000, seed: int = 0) -> list[Path]:
+                    num_samples: int = 4000, seed: int = 0, model: str | None = None) -> list[Path]:
     """The table for ``rewards`` (the learned prior's ED read from its records ``priors``) as
     ``out`` (CSV) and the same path with ``.md``."""
     records = {r["reward"]: r for r in (json.loads(Path(p).read_text()) for p in priors)}
-    frame = pd.DataFrame([exactness_row(config, reward, records.get(reward), num_samples, seed) for reward in rewards],
+    frame = pd.DataFrame([exactness_row(config, reward, records.get(reward), num_samples, seed, model) for reward in rewards],
                          columns=list(COLUMNS))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

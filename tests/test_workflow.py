@@ -284,7 +284,8 @@ def test_the_dot_test_config_runs_the_whole_workflow_in_its_own_folder(tmp_path)
     summary = pd.read_csv(tmp_path / "results/toy2d/release/summary.csv")
     assert set(summary["method"]) == {"pretrained", "residual_nabla_db", "ddpo", "rtb"}
     assert (tmp_path / "results/toy2d/exactness.md").exists() and not (tmp_path / "results/tiny").exists()
-    assert (tmp_path / "runs/toy2d/prior/config.json").exists()  # everything under its own folder
+    # everything under its own folder; its 300-step prior apart from the default's runs/toy2d/prior
+    assert (tmp_path / "runs/toy2d/prior-steps300/config.json").exists()
 
 
 def toy_workflow(folder: Path, rounds: int, checkpoint_every: int, methods=("residual_nabla_db",),

@@ -22,5 +22,8 @@ rule bench:
     conda:
         ENV
     threads: all_cores()
+    params:
+        model=lambda w: f"toy2d={prior_dir('toy2d')},tiny={prior_dir('tiny')}",
     shell:
-        "python -m nabla bench --scale toy2d tiny --out results/bench --threads {threads} > {log} 2>&1"
+        "python -m nabla bench --scale toy2d tiny --model {params.model} --out results/bench"
+        " --threads {threads} > {log} 2>&1"

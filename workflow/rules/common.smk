@@ -13,6 +13,7 @@
 # commands and params, and with them every recorded job, stay as they were.
 # The committed results/ are never a rule's output, so a missing or unfinished run always makes
 # the publish step out of date, and `snakemake figures` redraws results/ from results/ alone.
+import functools
 import json
 import math
 import os
@@ -110,12 +111,20 @@ def gpus(wildcards):
 
 
 # -- priors and models ----------------------------------------------------------------------------
+@functools.cache
+def prior_defaults(scale):
+    """The schema's default prior of a scale (toy2d, tiny)."""
+    with open(SCHEMA) as file:
+        prior = yaml.safe_load(file)["properties"][scale]["properties"]["prior"]
+    return {k: v["default"] for k, v in prior["properties"].items()}
+
+
 def prior_dir(scale):
     """runs/<scale>/prior for the schema's default prior; a prior set otherwise (its own seed,
     budget or architecture) is named by what differs, runs/tiny/prior-unet_attention_heads2, so
     that result sets with the same prior share it and none overwrites another's."""
-    schema = yaml.safe_load(open(SCHEMA))["properties"][scale]["properties"]["prior"]["properties"]
-    own = {k: v for k, v in sorted(config[scale]["prior"].items()) if v != schema[k]["default"]}
+    prior = (config.get(scale) or {}).get("prior") or {}
+    own = {k: v for k, v in sorted(prior.items()) if v != prior_defaults(scale)[k]}
     return f"{RUNS}/{scale}/prior" + "".join(f"-{k}{v}" for k, v in own.items())
 
 

@@ -75,9 +75,10 @@ rule toy2d_exactness:
         read=lambda w: train_settings_read("toy2d", config["toy2d"]["rewards"]),
         rewards=lambda w: " ".join(config["toy2d"]["rewards"]),
         samples=lambda w: config["toy2d"]["evaluation"]["samples"],
+        model=lambda w: model_option("toy2d"),
     shell:
-        "python -m nabla exactness --config {input.config} --rewards {params.rewards} --priors {input.priors}"
-        " --samples {params.samples} --out {output.csv} --threads {threads} > {log} 2>&1"
+        "python -m nabla exactness --config {input.config} {params.model} --rewards {params.rewards}"
+        " --priors {input.priors} --samples {params.samples} --out {output.csv} --threads {threads} > {log} 2>&1"
 
 
 rule publish:
