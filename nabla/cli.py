@@ -40,6 +40,11 @@ def _keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 1 << 30)
 
 
+def _scale_pairs(text: str) -> dict[str, str]:
+    """`scale=value` pairs, comma-separated (bench's --config and --model)."""
+    return dict(pair.split("=", 1) for pair in text.split(","))
+
+
 def _load_overrides(path: str | None) -> dict:
     if not path:
         return {}
@@ -553,9 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", nargs="+", choices=["toy2d", "tiny"], default=["toy2d", "tiny"])
     p.add_argument("--methods", nargs="+", help="default: every registered method")
     p.add_argument("--rounds", type=int, help="rounds per method (default per scale, see nabla/bench.py)")
-    p.add_argument("--config", type=lambda s: dict(kv.split("=", 1) for kv in s.split(",")),
+    p.add_argument("--config", type=_scale_pairs,
                    help="scale=training YAML pairs, comma-separated (default config/train/<scale>.yaml)")
-    p.add_argument("--model", type=lambda s: dict(kv.split("=", 1) for kv in s.split(",")),
+    p.add_argument("--model", type=_scale_pairs,
                    help="scale=prior folder pairs, comma-separated (default: the training YAML's model)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="results/bench")
