@@ -5,11 +5,17 @@
 
 
 from snakemake.utils import min_version
+from nabla.stale_lock import clear_stale_lock
 
-min_version("9.0")
+min_version("9.0")  # = pyproject's snakemake bound (a test checks it)
+# a killed run's lock, where no Snakemake works here: Snakemake parses this file before it locks
+clear_stale_lock(workflow.is_main_process)
 
 
 configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
@@ -24,6 +30,8 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/tune.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/html_report.smk"
+include: "workflow/rules/claims.smk"
 include: "workflow/rules/bench.smk"
 
 
@@ -33,6 +41,8 @@ localrules:
     select_settings,
     aggregate,
     figures_of_a_reward,
+    claims,
+    readme,
     publish,
     figures,
 

@@ -137,7 +137,7 @@ class DraftLV(_DraftBase):
     """DRaFT-LV: n re-noisings x_1 ~ q(x_1 | x_0) of each final sample, each denoised with gradient."""
 
     name = "draft_lv"
-    label, color = "DRaFT-LV", "#98df8a"  # in tables and figures
+    label, color = "DRaFT-LV", "#393b79"  # in tables and figures
     Options = DraftLVOptions
 
     def plan(self, batch: Rollouts, generator: torch.Generator) -> list[list[ChainTail]]:

@@ -442,9 +442,7 @@ def has_values(row: pd.Series, columns: Sequence[str]) -> bool:
 
 
 def write_bench(frames: dict[str, pd.DataFrame], out: str | Path) -> list[Path]:
-    """methods.csv, curves.csv, sampler.csv, bench.md and the reward-against-seconds figure."""
-    from nabla.report.figures import curve_figure, save
-
+    """methods.csv, curves.csv, sampler.csv, bench.md and the reward-against-seconds figures."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -454,8 +452,48 @@ def write_bench(frames: dict[str, pd.DataFrame], out: str | Path) -> list[Path]:
             written.append(out / f"{name}.csv")
     (out / "bench.md").write_text(markdown_table(frames["methods"], frames.get("sampler")))
     written.append(out / "bench.md")
-    for scale, curves in frames["curves"].groupby("scale", sort=False):
-        fig = curve_figure(curves, panels=(("reward_mean", "mean reward, evaluation split", False),),
-                           title=f"{scale}: reward against trajectories and training seconds")
-        written += save(fig, out / f"reward_{scale}")
+    return written + bench_figures(out)
+
+
+def bench_scales(folder: str | Path) -> list[str]:
+    """The scales a bench folder's curves.csv holds, in its order (one figure each)."""
+    return list(dict.fromkeys(pd.read_csv(Path(folder) / "curves.csv")["scale"]))
+
+
+def bench_figures(folder: str | Path, scales: Sequence[str] | None = None) -> list[Path]:
+    """reward_<scale>.png/.pdf from a bench folder's curves.csv and methods.csv alone (so that
+    `snakemake figures` redraws them without rerunning the bench): each scale's reward on the
+    evaluation split against trajectories and training seconds, its title naming the reward, the
+    seeds, the rounds and the trajectories per round (``scales``: only theirs)."""
+    from nabla.report.figures import curve_figure, method_label, save
+
+    folder = Path(folder)
+    curves, methods = pd.read_csv(folder / "curves.csv"), pd.read_csv(folder / "methods.csv")
+    written = []
+    for scale in bench_scales(folder):
+        if scales and scale not in scales:
+            continue
+        runs = curves[curves["scale"] == scale]
+        rows = methods[methods["scale"] == scale]
+        diverged = [method_label(m) for m in rows.loc[rows["diverged"].astype(bool), "method"]]
+        notes = [f"The bench: every method trained once ({seeds_text(runs)}) with {scale}'s training config, timed "
+                 "in one process: a cost measurement, not the comparison (results/<set>/ holds that)."]
+        if diverged:
+            notes.append(f"Diverged: {', '.join(diverged)}.")
+        fig = curve_figure(runs, panels=(("reward_mean", "mean reward, evaluation split", False),),
+                           title=bench_title(scale, runs, rows), notes=notes)
+        written += save(fig, folder / f"reward_{scale}")
     return written
+
+
+def seeds_text(curves: pd.DataFrame) -> str:
+    seeds = sorted({int(s) for s in curves["seed"]})
+    return f"seed {seeds[0]}" if len(seeds) == 1 else "seeds " + ", ".join(map(str, seeds))
+
+
+def bench_title(scale: str, curves: pd.DataFrame, methods: pd.DataFrame) -> str:
+    """A bench figure's title: its scale, reward, seeds and budget (from its curves and methods rows)."""
+    rewards = ", ".join(dict.fromkeys(methods["reward"].astype(str)))
+    budget = " / ".join(dict.fromkeys(f"{int(r.rounds)} rounds × {int(r.trajectories_per_round)} trajectories"
+                                      for r in methods.itertuples()))
+    return f"bench, {scale}: reward {rewards}, {seeds_text(curves)}\n{budget} per method"

@@ -1,14 +1,41 @@
-"""`python -m nabla <command>`: every step of the workflow, runnable without Snakemake."""
+"""`python -m nabla <command>`: every step of the workflow, runnable without Snakemake.
+
+Exit status: 0 done; 1 failed with ``error: <what to do>`` on stderr and no traceback, for a user's
+mistake (a :class:`nabla.errors.UserError`: an unknown method or reward, a reward of another scale,
+a model folder not built yet, with the command that builds it, a hub model not fetched, a bad config
+value), found before any model loads and before any folder is made, or a run that failed (a
+non-finite loss); 2 a malformed command line (argparse). Any other failure is a bug: its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
 
 DEFAULT_DATA_CACHE = "runs/data/openmoji32.npz"
+
+
+@contextlib.contextmanager
+def _removed_if_left_empty(*folders: str | Path):
+    """Each of ``folders`` (children before parents) and of their parents that this call creates is
+    removed again if the call fails while it is still empty: a failed call leaves no empty run folder
+    behind, and no folder that existed before is touched."""
+    new: list[Path] = []
+    for folder in map(Path, folders):
+        while not folder.exists() and folder not in new:
+            new.append(folder)
+            folder = folder.parent
+    try:
+        yield
+    except BaseException:
+        for folder in new:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
 
 
 def _set_threads(threads: int | None) -> None:
@@ -88,12 +115,18 @@ def cmd_sample(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
     import torch
 
-    from nabla.models.sd import SDBackend
+    from nabla.errors import UserError
+    from nabla.hub import LocalFolder, check_folders
+    from nabla.models.sd import LORA_FILE, SDBackend
+    from nabla.preflight import check_model
     from nabla.report.grids import save_grid
     from nabla.sampling import sample_images
 
     if args.with_prior and not args.lora:
-        raise SystemExit("error: --with-prior compares a fine-tuned model with its prior: give --lora")
+        raise UserError("--with-prior compares a fine-tuned model with its prior: give --lora")
+    check_model(args.model)
+    if args.lora:
+        check_folders([LocalFolder(args.lora, LORA_FILE, "the LoRA folder", "give a finished run's final/ folder")])
     torch.manual_seed(0)
     backend = SDBackend.from_pretrained(args.model)
     if args.lora:
@@ -136,9 +169,14 @@ def cmd_prior_quality(args: argparse.Namespace) -> None:
     from nabla.metrics.features import build_features
     from nabla.models.sd import SDBackend
     from nabla.models.tiny import TinyPriorConfig
+    from nabla.hub import check_folders
+    from nabla.preflight import check_features, check_model
     from nabla.prior_quality import prior_quality, quality_markdown
-    from nabla.rewards.learned import load_emoji_classifier
+    from nabla.rewards.learned import classifier_folder, load_emoji_classifier
 
+    check_model(args.model)
+    check_folders([classifier_folder(args.classifier, "the classifier", "train-reward", "train_tiny_reward")])
+    check_features([args.features])
     torch.manual_seed(0)
     backend = SDBackend.from_pretrained(args.model)
     # the prior's own training split; a prior pretrained elsewhere: the split the defaults make
@@ -166,14 +204,15 @@ def _run_overrides(args: argparse.Namespace) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
-    from nabla.config import load_train_config
+    from nabla.preflight import checked_config
     from nabla.trainer import ConfigChangedError, NonFiniteError, Trainer
 
-    cfg = load_train_config(args.config, args.method, args.reward, args.seed, **_run_overrides(args))
+    cfg = checked_config(args.config, args.method, args.reward, args.seed, **_run_overrides(args))
     try:
-        trainer = Trainer(cfg, args.out, progress=not args.no_progress, on_config_change=args.on_config_change,
-                          config_path=args.config)
-        summary = trainer.run()
+        with _removed_if_left_empty(args.out):
+            trainer = Trainer(cfg, args.out, progress=not args.no_progress, on_config_change=args.on_config_change,
+                              config_path=args.config)
+            summary = trainer.run()
     except (NonFiniteError, ConfigChangedError) as error:
         raise SystemExit(f"error: {error}") from error
     print(json.dumps({k: v for k, v in summary.items() if k != "last_eval"}))
@@ -185,10 +224,15 @@ def _evaluation_options(args: argparse.Namespace) -> dict:
 
 def cmd_runs(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
+    from nabla.preflight import check_features, checked_config
     from nabla.protocol import grid_points, selected_settings
     from nabla.runs import RunSpec, run_group
     from nabla.trainer import NonFiniteError
 
+    # the group's runs share method, reward and models: checked once, on its first seed's config
+    checked_config(args.config, args.method, args.reward, args.seeds[0], _json(args.set), **_run_overrides(args))
+    if args.evaluate:
+        check_features([args.features, args.fid_features])
     chosen = selected_settings(args.selected, args.reward, args.method) if args.selected else {}
     if args.grid is not None:
         points = grid_points(_json(args.grid))
@@ -197,8 +241,9 @@ def cmd_runs(args: argparse.Namespace) -> None:
         specs = [RunSpec(f"seed{seed}", seed, chosen) for seed in args.seeds]
     identity = {"scale": args.scale, "protocol": args.protocol}
     try:
-        run_group(args.config, args.method, args.reward, specs, args.root, args.out, _run_overrides(args),
-                  _json(args.set), _evaluation_options(args) if args.evaluate else None, identity)
+        with _removed_if_left_empty(*[Path(args.root) / spec.name for spec in specs], args.root):
+            run_group(args.config, args.method, args.reward, specs, args.root, args.out, _run_overrides(args),
+                      _json(args.set), _evaluation_options(args) if args.evaluate else None, identity)
     except NonFiniteError as error:
         raise SystemExit(f"error: {error}") from error
     print(f"wrote {args.out} ({len(specs)} runs)")
@@ -227,14 +272,18 @@ def _short(metrics: dict) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
     from nabla.evaluation import evaluate_run
+    from nabla.preflight import finished_run
 
+    finished_run(args.run)
     print(_short(evaluate_run(args.run, args.out, **_evaluation_options(args))))
 
 
 def cmd_evaluate_prior(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
     from nabla.evaluation import evaluate_prior
+    from nabla.preflight import checked_config
 
+    checked_config(args.config, None, args.reward, model=args.model)
     print(_short(evaluate_prior(args.config, args.reward, args.out, **_evaluation_options(args), model=args.model)))
 
 
@@ -258,10 +307,41 @@ def cmd_figures(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(map(str, figures(args.results, args.scale, rewards=args.reward))))
 
 
+def cmd_redraw(args: argparse.Namespace) -> None:
+    from nabla.bench import bench_figures
+    from nabla.report.grids import redraw_grid
+
+    written = [redraw_grid(record) for record in args.grid or []]
+    written += [p for folder in args.bench or [] for p in bench_figures(folder, scales=args.scale)]
+    print("wrote " + ", ".join(map(str, written)))
+
+
+def cmd_claims(args: argparse.Namespace) -> None:
+    from nabla.claims import write_claims
+
+    print("wrote " + ", ".join(map(str, write_claims(args.results, args.scale))))
+
+
+def cmd_readme(args: argparse.Namespace) -> None:
+    from nabla import readme
+
+    if args.check:
+        stale = readme.stale(args.root)
+        if stale:
+            sys.exit("out of date (run `python -m nabla readme`): " + ", ".join(map(str, stale)))
+        print("README.md, results/README.md and every set's README.md agree with results/")
+        return
+    changed = readme.write(args.root)
+    print("wrote " + (", ".join(map(str, changed)) if changed else "nothing: every file was up to date"))
+
+
 def cmd_exactness(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
     from nabla.exactness import write_exactness
+    from nabla.preflight import checked_config
 
+    for reward in args.rewards:
+        checked_config(args.config, None, reward, model=args.model)
     written = write_exactness(args.config, args.rewards, args.priors, args.out, args.samples, model=args.model)
     print("wrote " + ", ".join(map(str, written)))
 
@@ -317,7 +397,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from nabla.bench import BENCH_SCALES, run_bench, write_bench
+    from nabla.preflight import check_method, checked_config
 
+    for method in args.methods or []:
+        check_method(method)
+    for scale in args.scale:  # every scale's prior before the first one's runs start
+        defaults = BENCH_SCALES[scale]
+        checked_config((args.config or {}).get(scale, defaults["config"]), "draft", defaults["reward"],
+                       model=(args.model or {}).get(scale))
     frames: dict[str, list] = {}
     for scale in args.scale:
         defaults = BENCH_SCALES[scale]
@@ -336,7 +423,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_fetch_models(args: argparse.Namespace) -> None:
     from nabla.config import config_models
     from nabla.hub import check_available, fetch
+    from nabla.preflight import check_reward
 
+    for reward in args.reward:
+        check_reward(reward)
     models = config_models(args.config, args.features, args.reward or None)
     if not models:
         print(f"{args.config} needs no pretrained model from the hub")
@@ -346,11 +436,22 @@ def cmd_fetch_models(args: argparse.Namespace) -> None:
         print(f"{model}: {path}")
 
 
+def cmd_html_tables(args: argparse.Namespace) -> None:
+    from nabla.report.html_tables import write_table_pages
+
+    for page in write_table_pages(args.sources, args.root, args.out):
+        print(f"wrote {page}")
+
+
 # -- parser -------------------------------------------------------------------------------------
 def cmd_smoke(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
+    from nabla.preflight import check_method, check_model
     from nabla.smoke import run_smoke
 
+    check_method(args.method)
+    if args.model is not None:
+        check_model(args.model, "sd15")
     report = run_smoke(
         shape=args.scale, out=args.out, method=args.method, model=args.model, device=args.device,
         rounds=args.rounds, trajectories=args.trajectories, num_steps=args.steps,
@@ -527,6 +628,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reward", action="append", help="only this reward's figures (repeatable)")
     p.set_defaults(func=cmd_figures)
 
+    p = commands.add_parser("redraw", help="redraw the committed figures that are no protocol's from their data alone")
+    p.add_argument("--grid", action="append", help="a sample grid's record (prior_samples.json): the PNG beside it")
+    p.add_argument("--bench", action="append", help="a bench folder (curves.csv, methods.csv): its reward_<scale> figures")
+    p.add_argument("--scale", action="append", help="with --bench: only this scale's figure (repeatable)")
+    p.set_defaults(func=cmd_redraw)
+
+    p = commands.add_parser("claims", help="the paper's claims, seed by seed against each baseline, from one protocol's "
+                            "matched.csv → claims.csv and claims.md beside it")
+    p.add_argument("--scale", required=True, choices=["toy2d", "tiny", "sd15"])
+    p.add_argument("--results", required=True, help="a protocol's results folder holding matched.csv")
+    p.set_defaults(func=cmd_claims)
+
+    p = commands.add_parser("readme", help="write the README's generated sections, results/README.md and each result "
+                            "set's README.md from results/ and the config files")
+    p.add_argument("--root", default=".", help="the repository root")
+    p.add_argument("--check", action="store_true", help="write nothing; fail naming the files that are out of date")
+    p.set_defaults(func=cmd_readme)
+
     p = commands.add_parser("publish", help="copy a finished scale's computed results into the committed results/")
     p.add_argument("--source", required=True, help="the computed results of a scale (runs/results/<scale>)")
     p.add_argument("--to", required=True, help="its committed place (results/<scale>), replaced as a whole")
@@ -580,6 +699,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("data", help="render OpenMoji to the cache and print how many images each tiny prompt covers")
     p.add_argument("--data-cache", default=DEFAULT_DATA_CACHE)
     p.set_defaults(func=cmd_data)
+
+    p = commands.add_parser("html-tables", help="render committed result tables (Markdown, selected.yaml) to small "
+                            "HTML pages for the Snakemake report")
+    p.add_argument("sources", nargs="+", help="table files under --root")
+    p.add_argument("--root", default="results", help="the folder the sources' paths are taken relative to")
+    p.add_argument("--out", default="runs/report", help="<out>/<path under root>.html per source")
+    p.set_defaults(func=cmd_html_tables)
     return parser
 
 
@@ -594,7 +720,7 @@ def _quiet_library_bars() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from nabla.hub import MissingModelsError
+    from nabla.errors import UserError
 
     args = build_parser().parse_args(argv)
     _keep_freed_memory()
@@ -603,7 +729,7 @@ def main(argv: list[str] | None = None) -> None:
         _quiet_library_bars()
     try:
         args.func(args)
-    except MissingModelsError as error:  # any command: the list of missing models and how to fetch them
+    except UserError as error:  # any command: what the user can fix, without a traceback (exit status 1)
         raise SystemExit(f"error: {error}") from error
 
 

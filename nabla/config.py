@@ -76,6 +76,8 @@ class TrainConfig(Checked):
         on_nonfinite: on a NaN/inf reward, loss or gradient: "fail" the run, or "stop" it there and
             finish with the last finite weights, recording the divergence in done.json (a
             comparison keeps the result).
+        tracker: "none", or "tensorboard": mirror train_log.csv and eval_log.csv as TensorBoard scalars
+            in the run folder's ``tensorboard/`` (``pip install -e '.[track]'``; nabla.tracking).
         method_options: the method's ``Options`` fields.
         reward_options: the reward's constructor options.
     """
@@ -111,6 +113,7 @@ class TrainConfig(Checked):
     frozen_dtype: str = "float32"
     gradient_checkpointing: bool = False
     on_nonfinite: str = "fail"
+    tracker: str = "none"
     method_options: dict = field(default_factory=dict)
     reward_options: dict = field(default_factory=dict)
 
@@ -126,7 +129,7 @@ class TrainConfig(Checked):
         found += [problem(k, getattr(self, k), "must be non-negative") for k in ("lr", "flow_lr", "eval_every")
                   if getattr(self, k) < 0]
         choices = {"scale": SCALES, "on_nonfinite": ("fail", "stop"), "frozen_dtype": ("float32", "bfloat16"),
-                   "lr_schedule": ("constant", "cosine")}
+                   "lr_schedule": ("constant", "cosine"), "tracker": ("none", "tensorboard")}
         found += [problem(k, getattr(self, k), f"must be one of {', '.join(v)}") for k, v in choices.items()
                   if getattr(self, k) not in v]
         if set(self.eval_splits) - set(SPLITS):
@@ -231,7 +234,7 @@ def check_run_settings(raw: dict) -> list[str]:
 
 # -- comparing a run folder's config with this run's ----------------------------------------------
 #: config keys a resumed run may change (they alter no number the run produces)
-RESUMABLE_CHANGES = ("log_every", "device")
+RESUMABLE_CHANGES = ("log_every", "device", "tracker")
 
 
 def config_changes(saved: dict, current: dict) -> list[str]:

@@ -21,7 +21,6 @@ import torch
 import yaml
 
 from nabla.config import TrainConfig, split_seeds
-from nabla.hub import check_available
 from nabla.methods import method_class
 from nabla.metrics.images import diversity, fid_to_prior
 from nabla.metrics.toy2d import MixtureReference, component_masses, mass_tv
@@ -161,10 +160,10 @@ class ImageEvaluator:
 
 
 def check_features(*specs: str | None) -> None:
-    """Every model the named feature extractors load is here (MissingModelsError naming all)."""
-    from nabla.metrics.features import feature_models
+    """Every folder and model the named feature extractors load is here (one UserError naming all)."""
+    from nabla.preflight import check_features as check
 
-    check_available([model for spec in specs if spec for model in feature_models(spec)])
+    check(specs)
 
 
 def dense_evaluator(cfg: TrainConfig, backend, reward, method_options):

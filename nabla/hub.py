@@ -4,15 +4,33 @@ Nothing at run time downloads: every model resolves to a local folder or file, o
 Hugging Face cache (``local_files_only``). ``check_available`` looks every model up before any
 work starts and raises one :class:`MissingModelsError` naming all that are missing and the command
 that fetches them (``python -m nabla fetch-models --config ...``), run on a machine with internet.
+A local path (:func:`is_local_path`) is never named as a hub id; a model folder this project builds
+(:class:`LocalFolder`: a prior, the learned reward) is checked by ``check_folders``, whose message
+names the command that builds it.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from nabla.errors import UserError
+
 FETCH_COMMAND = "python -m nabla fetch-models --config {config}"
+#: the folders this project writes its own models and results under: a path in one is never a hub id
+LOCAL_ROOTS = ("runs", "results")
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def is_local_path(name: str | Path) -> bool:
+    """Whether a model name is a path on disk rather than a hub id (``org/name``): it exists here,
+    or it is not of that form (a path starting with ``.``, ``/`` or ``~``, one with more than one
+    slash or none, or one under :data:`LOCAL_ROOTS` such as ``runs/tiny/prior``), existing or not.
+    A local path is never looked up on the hub, nor named as something to fetch from it."""
+    text = str(name)
+    return Path(text).exists() or _HUB_ID.fullmatch(text) is None or text.split("/", 1)[0] in LOCAL_ROOTS
 
 
 @dataclass(frozen=True)
@@ -34,8 +52,8 @@ class HubModel:
 
     @property
     def is_local(self) -> bool:
-        """A path on disk given in place of a hub id (a folder or a file)."""
-        return Path(self.repo_id).exists() or self.repo_id.startswith((".", "/"))
+        """A path on disk given in place of a hub id (a folder or a file): :func:`is_local_path`."""
+        return is_local_path(self.repo_id)
 
 
 @dataclass(frozen=True)
@@ -66,21 +84,59 @@ class UrlModel:
         return HubModel(folder, self.name, purpose=self.purpose)
 
 
-class MissingModelsError(FileNotFoundError):
-    """Models neither on disk nor in the local Hugging Face cache; the message lists them all."""
+class MissingModelsError(UserError, FileNotFoundError):
+    """Models neither on disk nor in the local Hugging Face cache; the message lists them all, the
+    hub's with the command that fetches them, local paths apart (nothing fetches a local path)."""
 
     def __init__(self, missing: Sequence[HubModel | UrlModel], config: str | None = None):
         self.missing = list(missing)
         from huggingface_hub import constants
 
-        lines = "\n".join(f"  - {m}" for m in self.missing)
-        fetch = FETCH_COMMAND.format(config=config or "<your config>")
-        super().__init__(
-            f"{len(self.missing)} model(s) are not on this machine (local paths or the Hugging Face cache at "
-            f"HF_HOME={constants.HF_HOME}); nothing is downloaded at run time:\n{lines}\n"
-            f"Fetch them on a machine with internet with:  {fetch}\n"
-            f"then copy its Hugging Face cache here (or set HF_HOME to a shared copy)."
-        )
+        local = [m for m in self.missing if isinstance(m, HubModel) and m.is_local]
+        fetchable = [m for m in self.missing if m not in local]
+        parts = []
+        if fetchable:
+            lines = "\n".join(f"  - {m}" for m in fetchable)
+            fetch = FETCH_COMMAND.format(config=config or "<your config>")
+            parts.append(
+                f"{len(fetchable)} model(s) are not on this machine (the Hugging Face cache at "
+                f"HF_HOME={constants.HF_HOME}); nothing is downloaded at run time:\n{lines}\n"
+                f"Fetch them on a machine with internet with:  {fetch}\n"
+                f"then copy its Hugging Face cache here (or set HF_HOME to a shared copy)."
+            )
+        if local:
+            lines = "\n".join(f"  - {m}" for m in local)
+            parts.append(f"{len(local)} local path(s) do not exist (a local path is not a hub id and is never "
+                         f"fetched; give an existing one):\n{lines}")
+        super().__init__("\n".join(parts))
+
+
+@dataclass(frozen=True)
+class LocalFolder:
+    """A model folder this project builds itself (a prior, the learned reward's classifier): never
+    on the hub, so where it is missing the message names what builds it (``build``), not a fetch."""
+
+    path: str
+    marker: str  # a file every built folder holds
+    what: str  # e.g. "the tiny prior"
+    build: str  # e.g. "build it with `python -m nabla pretrain ...` (the workflow's rule ...)"
+
+    def problem(self) -> str | None:
+        """None if the folder is built; else one line: which folder, and what builds it."""
+        if (Path(self.path) / self.marker).is_file():
+            return None
+        why = "does not exist" if not Path(self.path).exists() else f"holds no {self.marker}"
+        return f"{self.what} {self.path} {why}: {self.build}"
+
+
+class MissingFolderError(UserError, FileNotFoundError):
+    """Local model folders not built yet, one line each."""
+
+
+def check_folders(folders: Iterable[LocalFolder]) -> None:
+    """MissingFolderError naming every folder of ``folders`` not built yet."""
+    if problems := list(dict.fromkeys(p for f in folders if (p := f.problem()))):
+        raise MissingFolderError("\n".join(problems))
 
 
 def local_path(model: HubModel | UrlModel) -> Path | None:
@@ -130,7 +186,7 @@ def fetch(models: Iterable[HubModel | UrlModel]) -> dict:
         if path is None and isinstance(model, UrlModel):
             path = _download(model.url, model.cache_path)
         elif path is None and model.is_local:
-            raise FileNotFoundError(f"{model} is a local path that does not exist; it cannot be fetched")
+            raise MissingModelsError([model])  # a local path that does not exist: nothing fetches it
         elif path is None:
             path = Path(snapshot_download(model.repo_id, repo_type=model.repo_type, allow_patterns=model.allow_patterns)
                         if model.filename is None else hf_hub_download(model.repo_id, model.filename, repo_type=model.repo_type))

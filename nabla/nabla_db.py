@@ -258,7 +258,7 @@ class NablaDB(_NablaGFlowNet):
     """Plain ∇-DB: match θ's scores to the backward kernel's plus the flow score (target exp(βr))."""
 
     name = "nabla_db"
-    label, color = "∇-DB", "#ff9896"  # in tables and figures
+    label, color = "∇-DB", "#7b4173"  # in tables and figures
     target = "reward_only"
 
     def base_scores(self, tr, a_t, a_prev, std, cond, uncond, reverse):

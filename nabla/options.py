@@ -12,8 +12,10 @@ import dataclasses
 import inspect
 from typing import Any
 
+from nabla.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """One or more bad config entries, each as ``key = value: why``."""
 
     def __init__(self, problems: list[str], context: str = ""):

@@ -30,12 +30,13 @@ from tqdm.auto import tqdm
 
 from nabla import distributed
 from nabla.checkpoint import CsvLog, NoLog, optimizer_from_files, optimizer_to_files, replace_folder
-from nabla.config import TrainConfig, config_changes, required_models, resolved
-from nabla.hub import check_available
+from nabla.config import TrainConfig, config_changes, resolved
 from nabla.methods import Method, Rollouts, method_class
 from nabla.models.base import DiffusionBackend
 from nabla.options import options_from_dict
+from nabla.preflight import check_models
 from nabla.rewards import build_reward
+from nabla.tracking import start_tracking
 
 
 class NonFiniteError(RuntimeError):
@@ -85,8 +86,8 @@ class Trainer:
                  config_path: str | None = None):
         if on_config_change not in ("fail", "restart"):
             raise ValueError(f"on_config_change must be 'fail' or 'restart', got {on_config_change!r}")
-        # Every missing model named at once, before anything loads (config_path: for the message).
-        check_available(required_models(cfg), config_path)
+        # Every missing model named at once, before anything loads or the folder is made (config_path: for the message).
+        check_models(cfg, config_path)
         distributed.init_from_env(cfg.device)
         cfg = dataclasses.replace(cfg, device=distributed.local_device(cfg.device))
         self.rank, self.world, self.main = distributed.rank(), distributed.world_size(), distributed.is_main()
@@ -360,6 +361,9 @@ class Trainer:
         resume_round = self.round if resumed else None
         log = (lambda name: CsvLog(self.out / name, resume_round)) if self.main else (lambda name: NoLog())
         train_log, eval_log = log("train_log.csv"), log("eval_log.csv")
+        tracker = None  # optional mirror of the two logs (nabla.tracking), rank 0's only
+        if self.main:
+            train_log, eval_log, tracker = start_tracking(self.cfg.tracker, self.out, train_log, eval_log)
         if not resumed:
             self._log_eval(eval_log)  # round 0: the prior itself (a fresh LoRA changes nothing)
         cfg = self.cfg
@@ -377,6 +381,8 @@ class Trainer:
                 if any(row["step"] != self.step for row in self.last_eval.values()):
                     self._log_eval(eval_log)  # the last finite weights, unless just evaluated
         bar.close()
+        if tracker is not None:
+            tracker.close()
         summary = {"rounds": self.round, "updates": self.step, "trajectories": self.trajectories,
                    "train_seconds": round(self.elapsed, 2), **(diverged or {}), "target": self.method.target,
                    "target_beta": self.method.target_beta(self.method.options, self.backend.sample_shape),

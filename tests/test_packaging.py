@@ -17,7 +17,7 @@ def _pins(lines):
     pins = {}
     for line in lines:
         line = line.split("#")[0].strip()
-        if line:
+        if line and not line.startswith("--"):  # pip options (--extra-index-url) pin nothing
             name, version = re.fullmatch(r"([A-Za-z0-9_.\-\[\]]+)==(\S+)", line).groups()
             pins[name.lower()] = version
     return pins

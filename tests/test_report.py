@@ -148,9 +148,11 @@ def test_a_method_has_one_colour_in_every_figure():
     assert colors == {"DDPO": method_color("ddpo"), "DRaFT-1": method_color("draft")}
     summary = pd.DataFrame({"method": ["ddpo", "draft"], "energy_distance_prior": [0.3, 1e20], "reward_mean": [1.5, 9.0]})
     fig = tradeoff_figure(summary, "energy_distance_prior", "reward_mean", "x", "y")
-    legend = {t.get_text(): mcolors.to_hex(h.get_facecolor()[0]) for t, h in
-              zip(fig.axes[0].get_legend().get_texts(), fig.axes[0].get_legend().legend_handles)}
+    legend = {t.get_text(): mcolors.to_hex(h.get_markerfacecolor()) for t, h in
+              zip(fig.legends[0].get_texts(), fig.legends[0].legend_handles)}
     assert legend == {"DDPO": method_color("ddpo"), "DRaFT-1": method_color("draft")}
+    points = {mcolors.to_hex(c.get_facecolor()[0]) for c in fig.axes[0].collections}
+    assert points == {method_color("ddpo"), method_color("draft")}
 
 
 def test_samples_figure_counts_samples_off_the_panel():
@@ -175,12 +177,18 @@ def test_sample_strip_round_trips_through_png_base64():
 
 
 def test_tradeoff_axes_are_symlog_only_where_values_span_decades():
-    wide = pd.DataFrame({"method": ["pretrained", "draft"], "fid_to_prior": [0.0, 22.0], "reward_mean": [0.19, 0.31]})
+    wide = pd.DataFrame({"method": ["pretrained", "ddpo", "draft"], "fid_to_prior": [0.0, 0.5, 22.0],
+                         "reward_mean": [0.19, 0.2, 0.31]})
     ax = tradeoff_figure(wide, "fid_to_prior", "reward_mean", "x", "y").axes[0]
-    assert ax.get_xscale() == "symlog" and ax.get_yscale() == "linear"
-    narrow = wide.assign(fid_to_prior=[0.267, 0.206], reward_mean=[1.5, 40.0])  # a diversity; rewards up to 40
+    # the prior's FID is 0: symlog, linear up to the smallest positive value's decade
+    assert ax.get_xscale() == "symlog" and ax.get_yscale() == "linear" and ax.get_xlim()[0] < 0
+    positive = wide.assign(fid_to_prior=[6e-4, 1e-3, 3.0])  # energy distances, all > 0: log
+    assert tradeoff_figure(positive, "fid_to_prior", "reward_mean", "x", "y").axes[0].get_xscale() == "log"
+    narrow = wide.assign(fid_to_prior=[0.267, 0.206, 0.25], reward_mean=[1.5, 40.0, 9.0])  # rewards up to 40: linear
     ax = tradeoff_figure(narrow, "fid_to_prior", "reward_mean", "x", "y").axes[0]
-    assert ax.get_xscale() == "linear" and ax.get_yscale() == "symlog"
+    assert ax.get_xscale() == "linear" and ax.get_yscale() == "linear"
+    hacked = narrow.assign(reward_mean=[1.5, 4000.0, 9.0])  # spanning three decades: symlog
+    assert tradeoff_figure(hacked, "fid_to_prior", "reward_mean", "x", "y").axes[0].get_yscale() == "symlog"
 
 
 def test_the_frontier_shows_the_prior_to_reference_range_and_names_a_method_that_runs_past_it():
@@ -191,7 +199,7 @@ def test_the_frontier_shows_the_prior_to_reference_range_and_names_a_method_that
     fig = frontier_figure(pd.DataFrame(rows), [("energy_distance_target", "ED", False)], levels)
     ax = fig.axes[0]
     assert ax.get_xlim() == pytest.approx((-0.2, 2.2))
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == ["DDPO", "DRaFT-1 (runs past the range)"]
     # the y range is that of the evaluations inside the x range (the diverged one's last is not)
     assert ax.get_ylim()[1] == pytest.approx(1.0 + 0.05 * (1.0 - 1 / 21))

@@ -69,6 +69,14 @@ class EmojiFeatures(nn.Module):
     def required_models(model_dir: str | None = None) -> list:
         return []  # trained by the workflow, not fetched
 
+    @staticmethod
+    def local_folders(model_dir: str | None = None) -> list:
+        """The folder (nabla.hub.LocalFolder) and the command that trains it."""
+        from nabla.rewards.learned import classifier_folder
+
+        return [] if model_dir is None else [
+            classifier_folder(model_dir, "the emoji evaluation features", "train-features", "train_tiny_features")]
+
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.network.embed(images.to(self.network.head.weight.dtype))
@@ -162,3 +170,10 @@ def feature_models(spec: str) -> list:
     """The pretrained models an extractor loads (for fetch-models and the offline check)."""
     cls, model = _parse(spec)
     return cls.required_models(model) if model else cls.required_models()
+
+
+def feature_folders(spec: str) -> list:
+    """The folders this project builds that an extractor loads (nabla.hub.LocalFolder; emoji's)."""
+    cls, model = _parse(spec)
+    local_folders = getattr(cls, "local_folders", None)
+    return local_folders(model) if local_folders else []

@@ -21,7 +21,8 @@ from peft.tuners.lora import Linear as PeftLoraLinear
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 
-from nabla.hub import HubModel
+from nabla.errors import UserError
+from nabla.hub import HubModel, is_local_path
 from nabla.models.base import DiffusionBackend
 from nabla.models.lora import FoldCache
 
@@ -35,7 +36,7 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(UserError, FileNotFoundError):
     """A model is neither a local folder nor in the local Hugging Face cache."""
 
 
@@ -69,8 +70,9 @@ def load_pipeline(model: str | Path, dtype: torch.dtype = torch.float32) -> Stab
     )
     if Path(model).is_dir():
         return StableDiffusionPipeline.from_pretrained(str(model), **kwargs)
-    if Path(model).exists() or str(model).startswith((".", "/")):
-        raise ModelNotFoundError(f"'{model}' is not a diffusers model folder")
+    if is_local_path(model):  # never named as a hub id to fetch
+        why = "there is no such folder" if not Path(model).exists() else "it holds no model_index.json"
+        raise ModelNotFoundError(f"'{model}' is not a diffusers model folder: {why}")
     try:
         return StableDiffusionPipeline.from_pretrained(str(model), **kwargs)
     except (OSError, ValueError) as error:  # hub cache miss surfaces as OSError/EnvironmentError

@@ -19,7 +19,8 @@ class Reward(nn.Module):
 
     #: registry key, e.g. "colorfulness"
     name: str = ""
-    #: the scales it applies to: any of "toy2d", "tiny", "sd15"
+    #: the scales it applies to: any of "toy2d", "tiny", "sd15" (a run of another scale is refused
+    #: before anything loads: nabla.preflight)
     scales: tuple[str, ...] = ()
 
     def forward(self, samples: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor:
@@ -29,6 +30,12 @@ class Reward(nn.Module):
     @staticmethod
     def required_models(**options: Any) -> list:
         """The pretrained models (:class:`nabla.hub.HubModel`) the reward loads with these options."""
+        return []
+
+    @staticmethod
+    def local_folders(**options: Any) -> list:
+        """The folders this project builds that the reward loads with these options
+        (:class:`nabla.hub.LocalFolder`, each with the command that builds it)."""
         return []
 
     def require_prompts(self, samples: torch.Tensor, prompts: Sequence[str] | None) -> list[str]:

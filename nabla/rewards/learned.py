@@ -29,6 +29,7 @@ from torch import nn
 
 from nabla.data import openmoji
 from nabla.data.prompts import TRAIN_WORDS, has_word
+from nabla.hub import LocalFolder
 from nabla.rewards.base import Reward, register_reward
 
 WEIGHTS_FILE = "emoji_classifier.safetensors"
@@ -102,6 +103,13 @@ def save_emoji_classifier(model: EmojiClassifier, out_dir: str | os.PathLike, me
     meta = {"classes": list(arch.pop("classes")), "architecture": arch, **metadata}
     (out / META_FILE).write_text(json.dumps(meta, indent=1))
     return out
+
+
+def classifier_folder(model_dir: str | os.PathLike, what: str, command: str, rule: str) -> LocalFolder:
+    """A classifier folder as a :class:`~nabla.hub.LocalFolder`: the CLI ``command`` and the
+    workflow's ``rule`` that build it (the learned reward's, or the evaluation features')."""
+    return LocalFolder(str(model_dir), WEIGHTS_FILE, what,
+                       f"build it with `python -m nabla {command} --out {model_dir}` (the workflow's rule {rule})")
 
 
 def load_emoji_classifier(model_dir: str | os.PathLike) -> EmojiClassifier:
@@ -293,3 +301,8 @@ class EmojiClass(Reward):
             words = [self.category] * len(samples)
         index = torch.tensor([self.class_index(w) for w in words], device=log_probs.device)
         return log_probs.gather(1, index[:, None]).squeeze(1)
+
+    @staticmethod
+    def local_folders(model_dir: str | os.PathLike | None = None, category: str = "heart") -> list[LocalFolder]:
+        return [] if model_dir is None else [
+            classifier_folder(model_dir, "the emoji_class reward's classifier", "train-reward", "train_tiny_reward")]

@@ -27,7 +27,19 @@ from snakemake.utils import validate
 SCALES = ("toy2d", "tiny", "sd15")
 RUNS = "runs"
 TREE = f"{RUNS}/results"  # what the DAG computes; published to results/
-ENV = "../../environment.yml"  # relative to this rules folder
+
+
+def ENV(wildcards):
+    """Every rule's conda env (--use-conda; relative to this rules folder): the CUDA stack where a
+    scale of the config trains with `device: cuda` (config/sd15.yaml's), else the CPU pins.
+    """
+    devices = {
+        (yaml.safe_load(open(config[s]["train_config"])) or {}).get("device")
+        for s in config["scales"]
+    }
+    return "../../environment-gpu.yml" if "cuda" in devices else "../../environment.yml"
+
+
 CHECKED = f"{RUNS}/checked/config.ok"  # every run's config resolves (check_config)
 SCHEMA = os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
 
@@ -313,6 +325,73 @@ def figure_files(tree, scale, protocol):
     )
 
 
+def result_sets(root="results"):
+    """The result sets present under `root`: its folders named a scale or a scale and a label."""
+    if not os.path.isdir(root):
+        return []
+    return sorted(
+        name
+        for name in os.listdir(root)
+        if os.path.isdir(os.path.join(root, name))
+        and any(name == s or name.startswith(f"{s}-") for s in SCALES)
+    )
+
+
+def column_values(path, column):
+    """The distinct values of a CSV file's column, sorted."""
+    import csv
+
+    with open(path, newline="") as file:
+        return sorted({row[column] for row in csv.DictReader(file)})
+
+
+def redrawn_figures(root="results"):
+    """Every figure `figures` redraws from the committed results alone, found from the folders
+    present (any set, whatever config made it; none from runs/): each protocol folder's (release,
+    tuned) FIGURE_KINDS for every reward of its curves.csv; a set's sample grid (prior_samples.png)
+    beside its record; the bench's reward figures, one a scale of its curves.csv.
+    """
+    files = []
+    for name in result_sets(root):
+        for protocol in ("release", "tuned"):
+            folder = f"{root}/{name}/{protocol}"
+            needs = ("summary.csv", "curves.csv", "levels.json", "samples.json")
+            if all(os.path.exists(f"{folder}/{f}") for f in needs):
+                files += expand(
+                    f"{folder}/figures/{{kind}}_{{reward}}.{{ext}}",
+                    kind=FIGURE_KINDS,
+                    reward=column_values(f"{folder}/curves.csv", "reward"),
+                    ext=["png", "pdf"],
+                )
+        if os.path.exists(f"{root}/{name}/prior_samples.json"):
+            files.append(f"{root}/{name}/prior_samples.png")
+    if os.path.exists(f"{root}/bench/curves.csv"):
+        files += expand(
+            f"{root}/bench/reward_{{scale}}.{{ext}}",
+            scale=column_values(f"{root}/bench/curves.csv", "scale"),
+            ext=["png", "pdf"],
+        )
+    return files
+
+
+def claims_files(tree, scale, protocol):
+    return [f"{tree}/{name_of(scale)}/{protocol}/claims.{ext}" for ext in ("csv", "md")]
+
+
+def readme_inputs(source):
+    """After `all`, every set published; for `figures`, the claims of every committed set's
+    protocols (as `redrawn_figures`, found from the folders present)."""
+    if source == "published":
+        return [f"{RUNS}/published/{name_of(scale)}.json" for scale in config["scales"]]
+    return [
+        f"results/{name}/{protocol}/claims.{ext}"
+        for name in result_sets("results")
+        for protocol in ("release", "tuned")
+        if os.path.exists(f"results/{name}/{protocol}/matched.csv")
+        for ext in ("csv", "md")
+    ]
+
+
 def scale_results(scale):
     """Everything the DAG computes into the scale's runs/results/<name> (what publish copies)."""
     tree = f"{TREE}/{name_of(scale)}"
@@ -320,12 +399,13 @@ def scale_results(scale):
         f"{tree}/{p}/{file}" for p in main_protocols(scale) for file in PROTOCOL_FILES
     ]
     files += [f for p in main_protocols(scale) for f in figure_files(TREE, scale, p)]
+    files += [f for p in main_protocols(scale) for f in claims_files(TREE, scale, p)]
     if tunes(scale):
         files += [f"{tree}/selected.yaml"] + [
             f"{tree}/tune/{file}" for file in PROTOCOL_FILES
         ]
     if scale == "tiny":
-        files.append(f"{tree}/prior_samples.png")
+        files += [f"{tree}/prior_samples.png", f"{tree}/prior_samples.json"]
         files += [f"{tree}/prior_quality.{ext}" for ext in ("csv", "md")]
     if scale == "toy2d":
         files += [f"{tree}/exactness.{ext}" for ext in ("csv", "md")]
@@ -334,4 +414,6 @@ def scale_results(scale):
 
 def all_targets():
     """What `all` builds: each scale of config["scales"] computed and published."""
-    return [f"{RUNS}/published/{name_of(scale)}.json" for scale in config["scales"]]
+    return [f"{RUNS}/published/{name_of(scale)}.json" for scale in config["scales"]] + [
+        f"{RUNS}/readme/published.txt"
+    ]

@@ -53,6 +53,8 @@ rule pretrain_tiny_prior:
         " --set '{params.prior}' --threads {threads} --no-progress > {log} 2>&1"
 
 
+# The grid, and beside it its record (the tiles, labels and footer), from which `figures`
+# redraws the committed grid without the prior (rule grid_from_record).
 rule prior_samples:
     input:
         model=rules.pretrain_tiny_prior.output.model,
@@ -62,6 +64,7 @@ rule prior_samples:
             caption="../report/prior_samples.rst",
             category="tiny",
         ),
+        f"{TREE}/{name_of('tiny')}/prior_samples.json",
     log:
         f"logs/{name_of('tiny')}/prior_samples.log",
     conda:
@@ -73,7 +76,7 @@ rule prior_samples:
     shell:
         "python -m nabla sample --model {params.model} --seeds $(seq -s ' ' 0 $(({params.grid[seeds]} - 1)))"
         " --steps {params.grid[steps]} --guidance {params.grid[guidance]} --eta {params.grid[eta]}"
-        " --credit --out {output} --threads {threads} > {log} 2>&1"
+        " --credit --out {output[0]} --threads {threads} > {log} 2>&1"
 
 
 # How well the prior draws each prompt word, measured: recognised by the learned reward's

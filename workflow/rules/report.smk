@@ -49,6 +49,8 @@ rule figures_of_a_reward:
         "logs/{tree}/{scale}{label}/{protocol}/figures_{reward}.log",
     wildcard_constraints:
         protocol="release|tuned",
+        # any committed set's label, not only the config's (`figures` redraws every set present)
+        label=r"(?:-[\w.-]+)?",
     conda:
         ENV
     params:
@@ -97,12 +99,48 @@ rule publish:
         "python -m nabla publish --source {params.source} --to {params.to} --marker {output} > {log} 2>&1"
 
 
-# Redraw every committed figure from the committed results alone (no run folder, no training).
+# A committed sample grid (the tiny prior's) from its record beside it, without the prior.
+rule grid_from_record:
+    input:
+        "results/{set}/prior_samples.json",
+    output:
+        "results/{set}/prior_samples.png",
+    log:
+        "logs/results/{set}/prior_samples.log",
+    wildcard_constraints:
+        set=r"[^/]+",
+    localrule: True
+    conda:
+        ENV
+    shell:
+        "python -m nabla redraw --grid {input} > {log} 2>&1"
+
+
+# The bench's figures from its committed CSVs. Its CSVs are not named as inputs: the bench rule
+# makes them, and `--forceall figures` would then rerun the benchmark; the files are read from
+# the folder, so this job reruns on --forceall or when a figure is missing.
+rule bench_figures:
+    output:
+        "results/bench/reward_{bench_scale}.png",
+        "results/bench/reward_{bench_scale}.pdf",
+    log:
+        "logs/results/bench/reward_{bench_scale}.log",
+    wildcard_constraints:
+        bench_scale="|".join(SCALES),
+    localrule: True
+    conda:
+        ENV
+    shell:
+        "python -m nabla redraw --bench results/bench --scale {wildcards.bench_scale} > {log} 2>&1"
+
+
+ruleorder: bench_figures > bench
+
+
+# Redraw every committed figure from the committed results alone (no run folder, no training):
+# every result set present under results/ (whatever config made it), its protocols' figures, its
+# prior grid and the bench's figures (redrawn_figures).
 rule figures:
     input:
-        [
-            f
-            for scale in config["scales"]
-            for p in main_protocols(scale)
-            for f in figure_files("results", scale, p)
-        ],
+        redrawn_figures(),
+        f"{RUNS}/readme/results.txt",
