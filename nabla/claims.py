@@ -177,19 +177,18 @@ def overall(verdicts: Sequence[str]) -> str:
 
 
 def summarise(claims: pd.DataFrame, level: float = HEADLINE_LEVEL) -> pd.DataFrame:
-    """Per (reward, claim) at ``level``: against how many baselines the claim holds, and which."""
+    """Per (reward, claim) at ``level``: the verdict over the baselines, how many baselines each
+    verdict has ('holds vs 2, mixed vs 3'), and which ones."""
     rows = []
     at = claims[claims["level"] == level]
     for (reward, claim), group in at.groupby(["reward", "claim"], sort=False):
         by_verdict = {v: [label(b) for b in group.loc[group["verdict"] == v, "baseline"]] for v in VERDICTS}
         parts = [f"{v} vs {', '.join(names)}" for v, names in by_verdict.items() if names]
-        compared = len(group) - len(by_verdict["not comparable"])
-        against = f"{len(by_verdict['holds'])} of {compared}" + (
-            f"; {len(by_verdict['not comparable'])} not comparable" if by_verdict["not comparable"] else "")
+        counts = ", ".join(f"{v} vs {len(names)}" for v, names in by_verdict.items() if names)
         rows.append({"reward": reward, "claim": claim, "verdict": overall(group["verdict"].tolist()),
-                     "holds against": against, "detail": "; ".join(parts)})
+                     "baselines": counts, "detail": "; ".join(parts)})
     order = {c.name: i for i, c in enumerate(CLAIMS)}
-    frame = pd.DataFrame(rows, columns=["reward", "claim", "verdict", "holds against", "detail"])
+    frame = pd.DataFrame(rows, columns=["reward", "claim", "verdict", "baselines", "detail"])
     return frame.assign(_o=frame["claim"].map(order)).sort_values(["_o", "reward"], kind="stable").drop(
         columns="_o").reset_index(drop=True)
 

@@ -147,7 +147,8 @@ def headline_table(results: Path, protocols: list[tuple[str, str]], level: float
 
 
 def verdict_section(results: Path, protocols: list[tuple[str, str]], level: float = claims_rules.HEADLINE_LEVEL) -> str:
-    """Per set: claim × reward, how many of the paper's baselines each claim holds against."""
+    """Per set: claim × reward, the verdict over the paper's baselines and how many baselines each
+    per-baseline verdict has."""
     parts = []
     for set_name, protocol in protocols:
         path = results / set_name / protocol / "matched.csv"
@@ -158,17 +159,17 @@ def verdict_section(results: Path, protocols: list[tuple[str, str]], level: floa
         if summary.empty:
             continue
         seeds = int(table["seeds"].max())
-        wide = summary.assign(cell=summary.apply(lambda r: f"{r['verdict']} ({r['holds against']})", axis=1))
+        wide = summary.assign(cell=summary.apply(lambda r: f"**{r['verdict']}**: {r['baselines']}", axis=1))
         wide = wide.pivot(index="claim", columns="reward", values="cell").reindex(
             [c.name for c in claims_rules.CLAIMS]).reset_index()
         measures = "; ".join(f"{c.name}: {c.measures[claims_rules.scale_kind(_scale_of(set_name))].what}"
                              for c in claims_rules.CLAIMS)
         parts.append(
             f"**{set_name}** ({protocol} protocol, {seeds} seeds, at {level:.0%}; {measures}). Per reward: the "
-            f"verdict, and against how many of the paper's baselines the claim holds in every seed (of those "
-            f"comparable: a baseline that never reached the level has no value there). Each seed, baseline and level: "
-            f"[`results/{set_name}/{protocol}/claims.md`](results/{set_name}/{protocol}/claims.md).\n\n"
-            f"{wide.rename(columns={'claim': 'claim'}).to_markdown(index=False)}")
+            f"verdict over the paper's {len(claims_rules.PAPER_BASELINES)} baselines, and against how many of them "
+            f"the claim holds in every seed, in some, in none, or in no seed that can be compared. Each seed, "
+            f"baseline and level: [`results/{set_name}/{protocol}/claims.md`](results/{set_name}/{protocol}/claims.md)."
+            f"\n\n{wide.to_markdown(index=False)}")
     return "\n\n".join(parts) or "_No committed results yet._"
 
 

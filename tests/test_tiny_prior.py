@@ -48,8 +48,9 @@ def test_an_attention_layout_the_unet_cannot_have_is_refused_before_any_training
         TinyPriorConfig(unet_attention_levels=3, unet_attention_heads=32)
     config = tmp_path / "prior.yaml"
     config.write_text("unet_attention_levels: 1\n")
-    # from the CLI, before the VAE stage; --set's values (the workflow's prior section) over --config's
-    with pytest.raises(ConfigError, match="unet_attention_levels = -1"):
+    # from the CLI, before the VAE stage, as a one-line error; --set's values (the workflow's prior
+    # section) over --config's
+    with pytest.raises(SystemExit, match="error: TinyPriorConfig: unet_attention_levels = -1"):
         main(["pretrain", "--scale", "tiny", "--out", str(tmp_path / "p"), "--config", str(config),
               "--set", '{"unet_attention_levels": -1}', "--data-cache", str(tmp_path / "absent.npz"), "--no-progress"])
     assert not (tmp_path / "p").exists()
@@ -100,7 +101,7 @@ def test_sample_command_writes_a_grid(pretrained, tmp_path):
 def test_unknown_pretrain_key_is_named(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("unet_stepz: 3\n")
-    with pytest.raises(ConfigError, match="TinyPriorConfig: unknown key .unet_stepz."):
+    with pytest.raises(SystemExit, match="error: TinyPriorConfig: unknown key .unet_stepz."):
         main(["pretrain", "--scale", "tiny", "--out", str(tmp_path / "p"), "--config", str(config)])
 
 

@@ -164,7 +164,8 @@ def test_sd15_slurm_dry_run_asks_a_gpu_per_training_job_and_checks_models_first(
     out = dry_run("--forceall", "--profile", "profiles/slurm", "--configfile", "config/sd15.yaml")
     # 3 rewards x 7 methods x 3 seeds, one job a run; the prior's row per reward
     assert job_counts(out) == {"check_sd15_models": "1", "runs": "63", "evaluate_prior": "3",
-                               "aggregate": "1", "figures_of_a_reward": "3", "publish": "1", "all": "1"}
+                               "aggregate": "1", "figures_of_a_reward": "3", "claims": "1", "publish": "1",
+                               "readme": "1", "all": "1"}
     runs = out.split("rule runs:")[1].split("rule ")[0]
     assert "gpu=1" in runs and "runtime=720" in runs and "--features dreamsim --fid-features inception" in runs
 
@@ -422,8 +423,11 @@ def test_a_named_result_set_computes_into_its_own_folders_and_leaves_the_default
     assert (tmp_path / "results/toy2d-longer/exactness.md").exists()
     log = pd.read_csv(tmp_path / "runs/toy2d-longer/release/linear/residual_nabla_db/seed0/train_log.csv")
     assert log["round"].max() == 6  # its budget, not the default's 4 rounds
-    # the default's files are byte for byte as they were, and its plan has nothing to do
-    assert {p: p.read_bytes() for p in default} == default
+    # the default's files are byte for byte as they were (but the index of result sets, every set's:
+    # it now lists the new one), and its plan has nothing to do
+    shared = {tmp_path / "results/README.md"}
+    assert {p: p.read_bytes() for p in default if p not in shared} == {p: b for p, b in default.items() if p not in shared}
+    assert "[`toy2d-longer`]" in (tmp_path / "results/README.md").read_text()
     assert "Nothing to be done" in snakemake(tmp_path, "-n").stdout
     assert "Nothing to be done" in snakemake(tmp_path, "-n", *named).stdout
 

@@ -17,4 +17,4 @@ rule check_config:
             {k: config[k] for k in ["scales", *config["scales"]]}
         ),
     shell:
-        "python -m nabla check-config --config-json '{params.config}' --out {output} > {log} 2>&1"
+        "python -m nabla check-config --config-json {params.config:q} --out {output} > {log} 2>&1"

@@ -20,7 +20,7 @@ rule claims:
         "python -m nabla claims --scale {wildcards.scale} --results {params.results} > {log} 2>&1"
 
 
-# `published`: after `all` published every set; `results`: from the committed results/ alone (the
+# `<set>`: after `all` published that set; `results`: from the committed results/ alone (the
 # `figures` target). The marker is the job's output: the files it writes are committed ones.
 rule readme:
     input:
@@ -30,7 +30,7 @@ rule readme:
     log:
         "logs/readme_{source}.log",
     wildcard_constraints:
-        source="published|results",
+        source="results|(toy2d|tiny|sd15)(-[a-z0-9]+)*",
     conda:
         ENV
     shell:

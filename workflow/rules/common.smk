@@ -379,10 +379,11 @@ def claims_files(tree, scale, protocol):
 
 
 def readme_inputs(source):
-    """After `all`, every set published; for `figures`, the claims of every committed set's
-    protocols (as `redrawn_figures`, found from the folders present)."""
-    if source == "published":
-        return [f"{RUNS}/published/{name_of(scale)}.json" for scale in config["scales"]]
+    """After `all`, each set once published (one marker a set, so that sets of other configs do not
+    rerun each other's); for `figures`, the claims of every committed set's protocols (as
+    `redrawn_figures`, found from the folders present)."""
+    if source != "results":  # a set's name: after it is published
+        return [f"{RUNS}/published/{source}.json"]
     return [
         f"results/{name}/{protocol}/claims.{ext}"
         for name in result_sets("results")
@@ -415,5 +416,5 @@ def scale_results(scale):
 def all_targets():
     """What `all` builds: each scale of config["scales"] computed and published."""
     return [f"{RUNS}/published/{name_of(scale)}.json" for scale in config["scales"]] + [
-        f"{RUNS}/readme/published.txt"
+        f"{RUNS}/readme/{name_of(scale)}.txt" for scale in config["scales"]
     ]
