@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+import nabla.models  # noqa: F401  first: its filter drops transformers' torchvision notes before diffusers loads
 from diffusers import StableDiffusionPipeline
 
 sys.path.insert(0, str(Path(__file__).parent / "reference"))  # the reference scripts' seeded weights
