@@ -38,6 +38,9 @@ from typing import Sequence
 
 import pandas as pd
 
+from nabla.report.figures import method_label as label
+from nabla.report.tables import kind as scale_kind
+
 #: the paper's method, and the baselines the paper compares it with (its Table 1)
 PAPER_METHOD = "residual_nabla_db"
 PAPER_BASELINES = ("ddpo", "draft", "draft_lv", "refl", "db_gflownet")
@@ -56,29 +59,24 @@ class Measure:
 @dataclass(frozen=True)
 class Claim:
     name: str
-    statement: str
     measures: dict  # kind of scale ("toy2d" or "images") → Measure
 
 
 CLAIMS = (
-    Claim("fast reward", "reaches the reward in fewer training trajectories", {
+    Claim("fast reward", {
         "toy2d": Measure("trajectories", True, "trajectories to the level"),
         "images": Measure("trajectories", True, "trajectories to the level"),
     }),
-    Claim("diversity kept", "keeps more diversity at the same reward", {
+    Claim("diversity kept", {
         "toy2d": Measure("mass_tv_target", True, "mode-mass TV to the exact target"),
         "images": Measure("diversity", False, "diversity"),
     }),
-    Claim("prior kept", "stays closer to the prior at the same reward", {
+    Claim("prior kept", {
         "toy2d": Measure("energy_distance_prior", True, "energy distance to the prior"),
         "images": Measure("fid_to_prior", True, "FID-to-prior"),
     }),
 )
 VERDICTS = ("holds", "mixed", "does not hold", "not comparable")
-
-
-def scale_kind(scale: str) -> str:
-    return "toy2d" if scale == "toy2d" else "images"
 
 
 def compare_pair(claim: str, paper: pd.Series, baseline: pd.Series, measure: Measure) -> str:
@@ -103,7 +101,8 @@ def verdict(agree: int, against: int) -> str:
     return "does not hold" if agree == 0 else "mixed"
 
 
-def _reached(frame: pd.DataFrame) -> pd.DataFrame:
+def reached_flags(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its ``reached`` column as booleans (however the CSV spelled them)."""
     frame = frame.copy()
     frame["reached"] = frame["reached"].map(lambda v: v is True or str(v).lower() == "true")
     return frame
@@ -113,7 +112,7 @@ def claims_frame(matched: pd.DataFrame, scale: str, paper: str = PAPER_METHOD,
                  baselines: Sequence[str] = PAPER_BASELINES) -> pd.DataFrame:
     """One row per (reward, level, claim, baseline): the seeds that agree, are against, or are not
     comparable, and the verdict. Baselines absent from ``matched`` are left out."""
-    matched = _reached(matched)
+    matched = reached_flags(matched)
     kind = scale_kind(scale)
     rows = []
     for (reward, level), group in matched.groupby(["reward", "level"], sort=True):
@@ -136,13 +135,6 @@ def claims_frame(matched: pd.DataFrame, scale: str, paper: str = PAPER_METHOD,
                 })
     return pd.DataFrame(rows, columns=["reward", "level", "claim", "measure", "baseline", "seeds", "agree",
                                        "against", "not comparable", "verdict"])
-
-
-def label(method: str) -> str:
-    from nabla.methods import registry
-
-    cls = registry().get(method)
-    return cls.label if cls is not None else method
 
 
 def seeds_text(row: pd.Series) -> str:
@@ -177,18 +169,17 @@ def overall(verdicts: Sequence[str]) -> str:
 
 
 def summarise(claims: pd.DataFrame, level: float = HEADLINE_LEVEL) -> pd.DataFrame:
-    """Per (reward, claim) at ``level``: the verdict over the baselines, how many baselines each
-    verdict has ('holds vs 2, mixed vs 3'), and which ones."""
+    """Per (reward, claim) at ``level``: the verdict over the baselines, and how many baselines each
+    verdict has ('holds vs 2, mixed vs 3')."""
     rows = []
     at = claims[claims["level"] == level]
     for (reward, claim), group in at.groupby(["reward", "claim"], sort=False):
-        by_verdict = {v: [label(b) for b in group.loc[group["verdict"] == v, "baseline"]] for v in VERDICTS}
-        parts = [f"{v} vs {', '.join(names)}" for v, names in by_verdict.items() if names]
+        by_verdict = {v: group.loc[group["verdict"] == v, "baseline"].tolist() for v in VERDICTS}
         counts = ", ".join(f"{v} vs {len(names)}" for v, names in by_verdict.items() if names)
         rows.append({"reward": reward, "claim": claim, "verdict": overall(group["verdict"].tolist()),
-                     "baselines": counts, "detail": "; ".join(parts)})
+                     "baselines": counts})
     order = {c.name: i for i, c in enumerate(CLAIMS)}
-    frame = pd.DataFrame(rows, columns=["reward", "claim", "verdict", "baselines", "detail"])
+    frame = pd.DataFrame(rows, columns=["reward", "claim", "verdict", "baselines"])
     return frame.assign(_o=frame["claim"].map(order)).sort_values(["_o", "reward"], kind="stable").drop(
         columns="_o").reset_index(drop=True)
 

@@ -25,9 +25,9 @@ import pandas as pd
 import yaml
 
 from nabla import claims as claims_rules
-from nabla.report.tables import method_order, number
+from nabla.config import SCALES
+from nabla.report.tables import kind, method_order, number
 
-SCALES = ("toy2d", "tiny", "sd15")
 #: the divergence the headline table reads at matched reward, per kind of scale
 HEADLINE_DIVERGENCE = {"toy2d": ("energy_distance_target", "energy distance to the exact target p#·exp(βr)"),
                        "images": ("fid_to_prior", "FID-to-prior")}
@@ -68,12 +68,12 @@ def result_sets(config_dir: str | Path = "config") -> dict[str, ResultSet]:
     (``--configfile``), so a scale it leaves out of ``name`` is the default's set."""
     config_dir = Path(config_dir)
     default = config_dir / "config.yaml"
+    base_scales = (yaml.safe_load(default.read_text()) or {}).get("scales") or SCALES
     sets: dict[str, ResultSet] = {}
     for path in [default, *sorted(p for p in config_dir.glob("*.yaml") if p != default)]:
         config = yaml.safe_load(path.read_text()) or {}
         command = "snakemake --cores all" + ("" if path == default else f" --configfile config/{path.name}")
-        base = yaml.safe_load(default.read_text()) or {}
-        for scale in config.get("scales") or (base.get("scales") if path != default else None) or SCALES:
+        for scale in config.get("scales") or base_scales:
             section = config.get(scale)
             if not isinstance(section, dict):
                 continue
@@ -118,18 +118,20 @@ def headline_cell(rows: pd.DataFrame, column: str) -> str:
     return f"{number(_mean(hit[column]))} · {spent} {count}"
 
 
-def headline_table(results: Path, protocols: list[tuple[str, str]], level: float = claims_rules.HEADLINE_LEVEL) -> str:
+def matched_results(results: Path, protocols: list[tuple[str, str]]) -> dict[tuple[str, str], pd.DataFrame]:
+    """Each (set, protocol)'s matched.csv that is committed, its ``reached`` as booleans."""
+    paths = {key: results / key[0] / key[1] / "matched.csv" for key in protocols}
+    return {key: claims_rules.reached_flags(pd.read_csv(path)) for key, path in paths.items() if path.exists()}
+
+
+def headline_table(matched_by_set: dict[tuple[str, str], pd.DataFrame],
+                   level: float = claims_rules.HEADLINE_LEVEL) -> str:
     """Methods × (set, reward): at ``level``, the set's headline divergence and the training
     trajectories to reach it, over the seeds that reached it."""
     columns: dict[str, dict[str, str]] = {}
     notes = []
-    for set_name, protocol in protocols:
-        path = results / set_name / protocol / "matched.csv"
-        if not path.exists():
-            continue
-        matched = claims_rules._reached(pd.read_csv(path))
-        kind = claims_rules.scale_kind(_scale_of(set_name))
-        column, what = HEADLINE_DIVERGENCE[kind]
+    for (set_name, protocol), matched in matched_by_set.items():
+        column, what = HEADLINE_DIVERGENCE[kind(_scale_of(set_name))]
         notes.append(f"{set_name} ({protocol} protocol): {what}")
         at = matched[matched["level"] == level]
         for reward, group in at.groupby("reward", sort=True):
@@ -146,15 +148,13 @@ def headline_table(results: Path, protocols: list[tuple[str, str]], level: float
     return f"{caption}\n\n{frame.to_markdown(index=False)}"
 
 
-def verdict_section(results: Path, protocols: list[tuple[str, str]], level: float = claims_rules.HEADLINE_LEVEL) -> str:
+def verdict_section(matched_by_set: dict[tuple[str, str], pd.DataFrame],
+                    level: float = claims_rules.HEADLINE_LEVEL) -> str:
     """Per set: claim × reward, the verdict over the paper's baselines and how many baselines each
     per-baseline verdict has."""
     parts = []
-    for set_name, protocol in protocols:
-        path = results / set_name / protocol / "matched.csv"
-        if not path.exists():
-            continue
-        table = claims_rules.claims_frame(pd.read_csv(path), _scale_of(set_name))
+    for (set_name, protocol), matched in matched_by_set.items():
+        table = claims_rules.claims_frame(matched, _scale_of(set_name))
         summary = claims_rules.summarise(table, level)
         if summary.empty:
             continue
@@ -162,7 +162,7 @@ def verdict_section(results: Path, protocols: list[tuple[str, str]], level: floa
         wide = summary.assign(cell=summary.apply(lambda r: f"**{r['verdict']}**: {r['baselines']}", axis=1))
         wide = wide.pivot(index="claim", columns="reward", values="cell").reindex(
             [c.name for c in claims_rules.CLAIMS]).reset_index()
-        measures = "; ".join(f"{c.name}: {c.measures[claims_rules.scale_kind(_scale_of(set_name))].what}"
+        measures = "; ".join(f"{c.name}: {c.measures[kind(_scale_of(set_name))].what}"
                              for c in claims_rules.CLAIMS)
         parts.append(
             f"**{set_name}** ({protocol} protocol, {seeds} seeds, at {level:.0%}; {measures}). Per reward: the "
@@ -174,9 +174,8 @@ def verdict_section(results: Path, protocols: list[tuple[str, str]], level: floa
 
 
 def readme_sections(root: Path) -> dict[str, str]:
-    protocols = headline_protocols(root / "config" / "config.yaml")
-    results = root / "results"
-    return {"headline": headline_table(results, protocols), "verdicts": verdict_section(results, protocols)}
+    matched = matched_results(root / "results", headline_protocols(root / "config" / "config.yaml"))
+    return {"headline": headline_table(matched), "verdicts": verdict_section(matched)}
 
 
 def replace_sections(text: str, sections: dict[str, str]) -> str:
