@@ -250,14 +250,19 @@ def rendered(root: str | Path = ".") -> dict[Path, str]:
     return out
 
 
+def _differing(texts: dict[Path, str]) -> list[Path]:
+    return [p for p, text in texts.items() if not p.exists() or p.read_text() != text]
+
+
 def stale(root: str | Path = ".") -> list[Path]:
     """The files whose text differs from what ``readme`` would write."""
-    return [p for p, text in rendered(root).items() if not p.exists() or p.read_text() != text]
+    return _differing(rendered(root))
 
 
 def write(root: str | Path = ".") -> list[Path]:
-    changed = stale(root)
+    """Write the files that differ (rendered once); returns them."""
     texts = rendered(root)
+    changed = _differing(texts)
     for path in changed:
         path.write_text(texts[path])
     return changed
